@@ -1,0 +1,158 @@
+"""Atomic training checkpoints with a ``last.pth`` entry for resuming.
+
+Layout of an output directory::
+
+    model_0001000.pth   numbered checkpoints (every ``checkpoint_period`` iterations)
+    last.pth            the newest checkpoint (a hard link to it, or a copy where links are not supported)
+    model_final.pth     written when training reaches ``max_iter``
+
+Every file is written to a temporary name in the same directory and renamed with ``os.replace``, so a job
+killed mid-write leaves the previous checkpoint intact and ``last.pth`` always names a complete file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "atomic_torch_save",
+    "CheckpointManager",
+    "capture_rng_state",
+    "restore_rng_state",
+    "load_model_weights",
+    "unwrap_model",
+]
+
+LAST = "last.pth"
+_NUMBERED = re.compile(r"^model_(\d+)\.pth$")
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file next to ``path``, then ``os.replace`` it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_link(src: Path, dst: Path) -> None:
+    """Make ``dst`` the same file as ``src`` (hard link, falling back to a copy), atomically."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel`` wrapper (or the model itself)."""
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """RNG states of python, numpy and torch (CPU and every CUDA device) of this process."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+class CheckpointManager:
+    """Saves numbered checkpoints, keeps ``last.pth`` current and prunes old ones.
+
+    Args:
+        output_dir: directory of the run.
+        keep: number of numbered checkpoints to keep (0 keeps all); ``last.pth`` and ``model_final.pth`` are
+            never pruned.
+    """
+
+    def __init__(self, output_dir: str | Path, keep: int = 0):
+        self.output_dir = Path(output_dir)
+        self.keep = keep
+
+    @property
+    def last_path(self) -> Path:
+        return self.output_dir / LAST
+
+    def has_checkpoint(self) -> bool:
+        return self.last_path.is_file()
+
+    def save(self, state: dict[str, Any], iteration: int, final: bool = False) -> Path:
+        """Write ``state`` as ``model_{iteration:07d}.pth`` (or ``model_final.pth``) and point ``last.pth``
+        at it."""
+        name = "model_final.pth" if final else f"model_{iteration:07d}.pth"
+        path = self.output_dir / name
+        atomic_torch_save(state, path)
+        _atomic_link(path, self.last_path)
+        self._prune()
+        return path
+
+    def _prune(self) -> None:
+        if self.keep <= 0:
+            return
+        numbered = sorted(
+            (int(m.group(1)), p) for p in self.output_dir.iterdir() if (m := _NUMBERED.match(p.name))
+        )
+        for _, path in numbered[: -self.keep]:
+            path.unlink(missing_ok=True)
+
+    def load(self, path: str | Path | None = None, map_location: Any = "cpu") -> dict[str, Any]:
+        path = Path(path) if path is not None else self.last_path
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: checkpoint not found")
+        # full training state (optimizer, RNG tuples, numpy arrays), written by this module
+        return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def load_model_weights(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
+    """Initialise ``model`` from the ``model`` entry of a checkpoint (or a bare state dict).
+
+    Parameters whose shape differs (e.g. a class head trained for another dataset) are skipped and reported
+    like missing keys. Returns ``(missing_keys, unexpected_keys)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: init_weights checkpoint not found")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    model = unwrap_model(model)
+    own = model.state_dict()
+    shape_mismatch = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    state = {k: v for k, v in state.items() if k not in shape_mismatch}
+    result = model.load_state_dict(state, strict=False)
+    return list(result.missing_keys) + shape_mismatch, list(result.unexpected_keys)
