@@ -15,7 +15,7 @@ from vis_core.eval import build_params
 from vis_core.eval.evaluator import load_inputs
 from vis_core.eval.fast import evaluate_fast
 from vis_core.eval.reference import evaluate_reference
-from vis_core.eval.summarize import needed_slices, per_category, summarize
+from vis_core.eval.summarize import needed_slices, per_category_stats, summarize
 from vis_core.eval.synthetic_case import case_from_masks
 
 SIZES = [(5, 6), (8, 8), (128, 128), (256, 256)]
@@ -112,7 +112,7 @@ def assert_same(gt_dict, results, occlusion):
     fast = evaluate_fast(gt, kept, params)
     # identical numbers, not merely close: same integer sums, same float operations
     assert summarize(fast) == summarize(ref)
-    assert per_category(fast) == per_category(ref)
+    assert per_category_stats(fast) == per_category_stats(ref)
     for a, o in needed_slices(params):
         np.testing.assert_array_equal(fast.precision[:, :, :, a, o], ref.precision[:, :, :, a, o])
         np.testing.assert_array_equal(fast.recall[:, :, a, o], ref.recall[:, :, a, o])
@@ -183,3 +183,26 @@ def test_fast_equals_reference_on_a_synthetic_timing_case(seed):
     )
     for occlusion in (False, True):
         assert_same(gt, res, occlusion)
+
+
+def test_fast_equals_reference_on_odd_but_valid_inputs():
+    # a video without frames, a GT with id 0 (the official code stores matched GT ids and tests them for
+    # non-zero, so a match to GT id 0 counts as a miss), iscrowd given as a bool, a GT without any area
+    h, w = 8, 8
+    m = rect_mask(h, w, (3, 0.1, 0.1, 0.5, 0.5, 0))
+    gt, res = case_from_masks(
+        {1: (h, w, 2), 2: (h, w, 0)},
+        [
+            {"video_id": 1, "category_id": 1, "masks": [m, m], "id": 0},
+            {"video_id": 1, "category_id": 1, "masks": [m, None], "iscrowd": True, "id": 5},
+            {"video_id": 1, "category_id": 2, "masks": [None, m], "areas": [None, None], "id": 6},
+            {"video_id": 2, "category_id": 1, "masks": [], "id": 7},
+        ],
+        [
+            {"video_id": 1, "category_id": 1, "score": 0.9, "masks": [m, m]},
+            {"video_id": 1, "category_id": 2, "score": 0.3, "masks": [None, m]},
+            {"video_id": 2, "category_id": 1, "score": 0.5, "masks": []},
+        ],
+        n_categories=2,
+    )
+    assert_same(gt, res, occlusion=False)

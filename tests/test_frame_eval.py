@@ -91,9 +91,14 @@ def test_vis_train_cli_and_frame_ap_on_synthetic(synthetic, tmp_path, capsys):
         "data": {"json": str(synthetic / "train" / "instances.json"),
                  "image_root": str(synthetic / "train" / "JPEGImages"), "min_sizes": [48], "max_size": 64},
         "solver": {"max_iter": 2, "batch_size": 2},
-        "output_dir": str(tmp_path / "run"), "log_period": 1, "device": "cpu",
+        "output_dir": str(tmp_path / "run"), "log_period": 1, "device": "cpu", "cpu_threads": 1,
     }}))
-    assert main(["train", "--config", str(params), "--section", "train", "--set", "model.num_queries=5"]) == 0
+    threads = torch.get_num_threads()
+    try:
+        args = ["train", "--config", str(params), "--section", "train", "--set", "model.num_queries=5"]
+        assert main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [1, 2]
     # class 2 / mask 5 / dice 5 on the final layer and the one auxiliary (initial-query) prediction

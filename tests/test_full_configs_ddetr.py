@@ -4,10 +4,20 @@ Swin-L is too slow for a CPU unit test at full depth, so the forward/backward ru
 keeps every width (embed 192, heads 6-48, window 12); the full model's parameters are counted on the meta device.
 """
 
+import pytest
 import torch
 
 from vis_core.methods.detr_segmenter import DeformableDETRFrame
 from vis_core.modeling.deformable_detr import DeformableDETR, DeformableDETRConfig
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # small tensors: intra-op threads mostly add synchronisation on a shared 2-core machine
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _count(module):

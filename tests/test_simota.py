@@ -65,8 +65,8 @@ def test_perfect_prediction_costs_least_and_is_matched():
     indices, best = matcher({"pred_logits": logits[None], "pred_boxes": boxes[None]},
                             [{"labels": gt_labels, "boxes": gt_boxes}], return_best=True)
     q, g = indices[0]
-    assert dict(zip(q.tolist(), g.tolist()))[7] == 0
-    assert dict(zip(q.tolist(), g.tolist()))[21] == 1
+    assert dict(zip(q.tolist(), g.tolist(), strict=True))[7] == 0
+    assert dict(zip(q.tolist(), g.tolist(), strict=True))[21] == 1
     assert best[0].tolist() == [7, 21]
     # each query at most once, every GT at least once, k bounded by the IoU mass
     assert len(set(q.tolist())) == len(q)
@@ -86,8 +86,8 @@ def test_permuting_predictions_permutes_the_assignment():
     (q, g), = matcher({"pred_logits": logits[None], "pred_boxes": boxes[None]}, targets)
     perm = torch.randperm(40, generator=torch.Generator().manual_seed(3))
     (qp, gp), = matcher({"pred_logits": logits[perm][None], "pred_boxes": boxes[perm][None]}, targets)
-    original = dict(zip(q.tolist(), g.tolist()))
-    permuted = {perm[i].item(): gt for i, gt in zip(qp.tolist(), gp.tolist())}
+    original = dict(zip(q.tolist(), g.tolist(), strict=True))
+    permuted = {perm[i].item(): gt for i, gt in zip(qp.tolist(), gp.tolist(), strict=True)}
     assert permuted == original
     assert qp.tolist() == sorted(qp.tolist())
 
@@ -102,3 +102,16 @@ def test_batch_with_empty_image_and_more_gts_than_queries():
     assert len(q) == 3 and len(set(q.tolist())) == 3  # every query used once, one GT left out
     assert (best[0] >= 0).sum() == 3
     assert len(indices[1][0]) == 0 and best[1].numel() == 0
+
+
+def test_criterion_match_returns_the_last_layers_best_queries():
+    from vis_core.modeling.idol_criterion import IDOLCriterion
+
+    logits, boxes = _random_predictions(12, 3, seed=4)
+    boxes[5] = torch.tensor([0.4, 0.4, 0.3, 0.3])
+    logits[5, 1] = 9.0
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.4, 0.4, 0.3, 0.3]])}]
+    layer = {"pred_logits": logits[None], "pred_boxes": boxes[None]}
+    indices, best = IDOLCriterion(3).match({**layer, "aux_outputs": [layer]}, targets, return_best=True)
+    assert len(indices) == 2 and best[0].tolist() == [5]
+    assert 5 in indices[-1][0][0].tolist()

@@ -104,6 +104,9 @@ def test_atomic_writer_leaves_nothing_half_written(tmp_path):
         (lambda d: d["videos"].append(dict(d["videos"][0])), "videos[1] (id 3): duplicate video id"),
         (lambda d: d["videos"][0].update(length=3), "field 'file_names' has 2 entries, length is 3"),
         (lambda d: d.pop("categories"), "missing field 'categories'"),
+        (lambda d: d["annotations"][0].update(iscrowd="0"), "field 'iscrowd' must be 0 or 1, got '0'"),
+        (lambda d: d["annotations"][0]["segmentations"].__setitem__(0, {"size": [6, 8], "counts": [3]}),
+         "segmentations[0]: RLE counts sum to 3, expected height*width = 48"),
     ],
 )
 def test_annotation_errors_name_file_object_and_field(tmp_path, mutate, message):

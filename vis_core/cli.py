@@ -16,7 +16,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("vis_core.eval.cli", "evaluate a YouTube-VIS/OVIS results json against ground truth"),
     "train": ("vis_core.engine.cli_train", "train a segmenter / VIS method from a YAML config"),
     "infer": ("vis_core.engine.cli_infer", "streaming inference, writes a YouTube-VIS results json"),
+    "bench": ("vis_core.engine.bench", "inference latency / peak memory vs video length (JSON)"),
     "ensemble": ("vis_core.tracking.cli_ensemble", "fuse several results json files into one"),
+    "stage": ("vis_core.engine.stages", "run one step of a reproduction's DVC pipeline from its params.yaml"),
     "report": ("vis_core.report.cli", "build a reproduction's tables and report"),
     "check-regression": ("vis_core.report.regression", "compare fresh metrics to committed ones"),
 }

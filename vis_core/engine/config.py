@@ -47,7 +47,8 @@ class ConfigError(ValueError):
 class DataConfig:
     """Training clips (see ``vis_core.data.clips.VISClipDataset``)."""
 
-    json: str = ""  # YouTube-VIS / OVIS style annotation file
+    kind: str = "vis"  # "vis" (video clips) or "coco_pseudo" (pseudo videos from a COCO instance set)
+    json: str = ""  # YouTube-VIS / OVIS style annotation file (COCO instances file for coco_pseudo)
     image_root: str = ""  # folder holding <video>/<frame>.jpg as named in the json
     sampling: str = "clip"  # "pair" (IDOL key + reference frame) or "clip" (MinVIS/DVIS/VITA)
     num_frames: int = 2  # frames per training clip
@@ -56,6 +57,11 @@ class DataConfig:
     max_size: int = 768
     hflip: bool = True
     num_workers: int = 0
+    pseudo_mode: str = "crop_pair"  # coco_pseudo: "crop_pair" (IDOL, reports 000/001) or "rotate3" (SeqFormer)
+    # coco_pseudo: COCO category id -> VIS category id (pairs); COCO categories not listed are dropped. Empty:
+    # keep the COCO categories as they are.
+    category_map: list[list[int]] = field(default_factory=list)
+    vis_json: str = ""  # coco_pseudo: the VIS train json whose categories define the labels (with category_map)
 
 
 @dataclass

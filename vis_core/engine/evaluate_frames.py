@@ -166,8 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-size", type=int, default=None)
     parser.add_argument("--max-size", type=int, default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", default=None, help="write the metrics json here")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     method = load_trained_method(args.checkpoint, args.device)
     frames = iter_annotated_frames(args.json, args.image_root, args.frame_stride)
     num_classes = getattr(getattr(method, "segmenter_cfg", None), "num_classes", None)

@@ -97,5 +97,5 @@ def frame_mask_ap(
         evaluator.summarize()
     stats = evaluator.stats
     # stats[0:3] = AP@[.5:.95], AP@.5, AP@.75 (-1 when undefined, e.g. no matching category)
-    return {"AP": 100 * max(stats[0], 0.0), "AP50": 100 * max(stats[1], 0.0),
-            "AP75": 100 * max(stats[2], 0.0)}
+    return {"AP": 100 * max(float(stats[0]), 0.0), "AP50": 100 * max(float(stats[1]), 0.0),
+            "AP75": 100 * max(float(stats[2]), 0.0)}

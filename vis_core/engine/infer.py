@@ -141,7 +141,8 @@ def merge_scale_results(per_scale: Sequence[list[dict]], iou_threshold: float = 
     merged: list[dict] = []
     for cat in categories:
         tracks = [
-            [ScaleTrack(e["segmentations"], torch.tensor([float(e["score"])])) for e in scale if e["category_id"] == cat]
+            [ScaleTrack(e["segmentations"], torch.tensor([float(e["score"])]))
+             for e in scale if e["category_id"] == cat]
             for scale in per_scale
         ]
         for m in merge_multiscale(tracks, iou_threshold=iou_threshold, output="rle"):
@@ -232,7 +233,8 @@ def run_inference(
             log.flush()
             done[vid] = results
             if timing.frames:
-                bar.set_postfix(ms_per_frame=f"{1000 * (timing.segmenter_s + timing.association_s) / timing.frames:.1f}")
+                per_frame = (timing.segmenter_s + timing.association_s) / timing.frames
+                bar.set_postfix(ms_per_frame=f"{1000 * per_frame:.1f}")
     results = [entry for vid in ids for entry in done[vid]]
     save_json(results, out_path)
     partial.unlink(missing_ok=True)

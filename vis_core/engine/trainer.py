@@ -372,12 +372,44 @@ def build_train_dataset(cfg: TrainConfig, where: str = "config") -> tuple[Datase
         raise ConfigError(f"{where}: data.json: {data.json}: file not found")
     if not Path(data.image_root).is_dir():
         raise ConfigError(f"{where}: data.image_root: {data.image_root}: directory not found")
+    if data.kind == "coco_pseudo":
+        return _pseudo_video_dataset(cfg, where), collate_clips
+    if data.kind != "vis":
+        raise ConfigError(f"{where}: data.kind must be 'vis' or 'coco_pseudo', got {data.kind!r}")
     dataset = VISClipDataset(
         data.json, data.image_root, sampling=data.sampling, num_frames=data.num_frames,
         frame_range=data.frame_range, min_sizes=tuple(data.min_sizes), max_size=data.max_size,
         hflip_prob=0.5 if data.hflip else 0.0, seed=cfg.seed,
     )
     return dataset, collate_clips
+
+
+def _pseudo_video_dataset(cfg: TrainConfig, where: str) -> Dataset:
+    """COCO images as pseudo-video clips (the reports' first training stage), labels in the VIS label space
+    when ``data.category_map`` maps COCO categories onto the VIS train set's."""
+    from vis_core.data.pseudo_video import PseudoVideoDataset
+    from vis_core.data.ytvis import load_annotations, load_json
+
+    data = cfg.data
+    coco = load_json(data.json)
+    category_ids = None
+    if data.category_map:
+        if not data.vis_json:
+            raise ConfigError(f"{where}: data.category_map needs data.vis_json (the VIS train annotations)")
+        vis = load_annotations(data.vis_json)
+        mapping = {int(a): int(b) for a, b in data.category_map}
+        unknown = sorted(set(mapping.values()) - set(vis.category_ids))
+        if unknown:
+            raise ConfigError(f"{where}: data.category_map: VIS category ids {unknown} not in {data.vis_json}")
+        coco = {**coco, "categories": vis.raw["categories"],
+                "annotations": [{**a, "category_id": mapping[a["category_id"]]}
+                                for a in coco["annotations"] if a["category_id"] in mapping]}
+        category_ids = vis.category_ids
+    return PseudoVideoDataset(
+        coco, data.image_root, mode=data.pseudo_mode, category_ids=category_ids,
+        min_sizes=tuple(data.min_sizes), max_size=data.max_size, hflip_prob=0.5 if data.hflip else 0.0,
+        seed=cfg.seed,
+    )
 
 
 def _with_dataset_classes(cfg: TrainConfig, dataset: Dataset, where: str) -> TrainConfig:

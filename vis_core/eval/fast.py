@@ -29,12 +29,17 @@ from dataclasses import dataclass, field
 import numpy as np
 from pycocotools import mask as mask_util
 
-from vis_core.data.ytvis import YTVISAnnotations, to_compressed_rle
+from vis_core.data.ytvis import VISFormatError, YTVISAnnotations, to_compressed_rle
 from vis_core.eval.params import EvalParams, average_area, occlusion_score
+from vis_core.eval.runs import (
+    MalformedRLE,
+    MaskRuns,
+    column_table,
+    decode_strings,
+    pair_intersections,
+    runs_from_count_lists,
+)
 from vis_core.eval.summarize import Accumulated, needed_slices
-
-# pycocotools.mask.area builds a uint8 array from its list length: lists above 255 fail on numpy 2
-_AREA_CHUNK = 255
 
 
 @dataclass
@@ -47,13 +52,26 @@ class _Group:
     w: int
     gt_anns: list = field(default_factory=list)
     gt_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    gt_crowd: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    gt_ignore: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # always ignored (crowd)
+    gt_crowd: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # may absorb many predictions
     gt_avg_area: np.ndarray = field(default_factory=lambda: np.zeros(0))
     gt_occ: np.ndarray = field(default_factory=lambda: np.zeros(0))
     dt_index: list = field(default_factory=list)  # into the results list: score order, top maxDets[-1]
     dt_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
     dt_avg_area: np.ndarray = field(default_factory=lambda: np.zeros(0))
     ious: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+
+
+def _gt_avg_area(areas: list) -> float:
+    """:func:`~vis_core.eval.params.average_area`, without numpy when the areas are integers (pixel counts).
+
+    For integers the official ``np.array(kept).mean()`` sums exactly (far below 2**53) and divides once, as
+    ``sum / len`` does; anything else takes the official path.
+    """
+    kept = [a for a in areas if a]
+    if kept and all(type(a) is int for a in kept):
+        return sum(kept) / len(kept)
+    return average_area(areas)
 
 
 def _build_groups(gt: YTVISAnnotations, results: list[dict], params: EvalParams) -> dict[tuple, _Group]:
@@ -71,8 +89,10 @@ def _build_groups(gt: YTVISAnnotations, results: list[dict], params: EvalParams)
     for g in groups.values():
         anns = g.gt_anns
         g.gt_ids = np.array([a["id"] for a in anns])
-        g.gt_crowd = np.array([bool(a["iscrowd"]) for a in anns], dtype=bool)
-        g.gt_avg_area = np.array([average_area(a["areas"]) for a in anns], dtype=np.float64)
+        # as the official code: `ignore = bool(iscrowd)`, while matching tests `int(iscrowd)`
+        g.gt_ignore = np.array([bool(a["iscrowd"]) for a in anns], dtype=bool)
+        g.gt_crowd = np.array([int(a["iscrowd"]) != 0 for a in anns], dtype=bool)
+        g.gt_avg_area = np.array([_gt_avg_area(a["areas"]) for a in anns], dtype=np.float64)
         g.gt_occ = np.array([occlusion_score(a["occlusion"]) if params.occlusion else 0.0 for a in anns])
     by_key = defaultdict(list)
     for i, res in enumerate(results):
@@ -89,107 +109,141 @@ def _build_groups(gt: YTVISAnnotations, results: list[dict], params: EvalParams)
     return groups
 
 
-def _special_rles(h: int, w: int) -> tuple[dict, dict]:
-    """Compressed RLEs of an all-zero and an all-one (H, W) mask."""
-    rles = [{"size": [h, w], "counts": [h * w]}, {"size": [h, w], "counts": [0, h * w]}]
-    empty, full = mask_util.frPyObjects(rles, h, w)
-    return empty, full
+def _where_result(results: list[dict], g: _Group, k: int, n_frames: int) -> str:
+    """Names the prediction and frame of mask ``k`` of group ``g`` (for error messages)."""
+    res = results[g.dt_index[k // n_frames]]
+    return (
+        f"result (video_id {res['video_id']}, category_id {res['category_id']}, score {res['score']}): "
+        f"segmentations[{k % n_frames}]"
+    )
 
 
-def _gt_rles(anns: list[dict], h: int, w: int, empty: dict) -> list[list[dict]]:
-    """Per GT, per frame: compressed RLE (null -> the empty mask).
+def _prediction_runs(groups: list[_Group], results: list[dict], h: int, w: int, n_frames: int) -> MaskRuns:
+    """All prediction masks of these groups (group, then score order, then frame) decoded at once.
 
-    List-count RLE (how YouTube-VIS stores GT) is converted for all GTs of a video in one pycocotools call.
+    A null frame becomes the empty mask: it adds nothing to any intersection, union or area, as null does.
     """
-    out = [[empty] * len(a["segmentations"]) for a in anns]
-    batch, where = [], []
-    for j, ann in enumerate(anns):
-        for t, s in enumerate(ann["segmentations"]):
-            if not s:
-                continue
-            if isinstance(s, dict) and isinstance(s["counts"], list):
-                # a clean dict: frPyObjects would read a dict of 4 keys as a box
-                batch.append({"size": s["size"], "counts": s["counts"]})
-                where.append((j, t))
-            else:
-                out[j][t] = to_compressed_rle(s, h, w)
-    if batch:
-        for (j, t), rle in zip(where, mask_util.frPyObjects(batch, h, w), strict=True):
-            out[j][t] = rle
-    return out
+    empty = mask_util.frPyObjects([{"size": [h, w], "counts": [h * w]}], h, w)[0]["counts"].decode("ascii")
+    strings = [
+        s["counts"] if s is not None else empty for g in groups for i in g.dt_index for s in results[i]["segmentations"]
+    ]
+    try:
+        return decode_strings(strings, h, w)
+    except MalformedRLE as e:
+        k = e.index
+        for g in groups:  # the group of mask k
+            n = len(g.dt_index) * n_frames
+            if k < n:
+                raise VISFormatError(f"{_where_result(results, g, k, n_frames)}: {e.reason}") from None
+            k -= n
+        raise
 
 
-def _avg_area(total: np.ndarray, n_nonzero: np.ndarray) -> np.ndarray:
-    """Mean of the non-zero frame areas (exact: sums of integers, one division), 0 when there are none."""
+def _gt_runs(groups: list[_Group], h: int, w: int, n_frames: int) -> MaskRuns:
+    """All GT masks of these groups (group, then file order, then frame); null frames become the empty mask.
+
+    YouTube-VIS GT stores list counts, read as they are; polygons and string RLEs go through pycocotools first.
+    """
+    segs = [s for g in groups for a in g.gt_anns for s in a["segmentations"]]
+    full = [h * w]
+    try:
+        try:  # list counts (or null) everywhere: no conversion at all
+            lists = [s["counts"] if s else full for s in segs]
+            fast = set(map(type, lists)) == {list}
+        except TypeError:  # polygons
+            fast = False
+        if fast:
+            return runs_from_count_lists(lists, h, w)
+        empty = mask_util.frPyObjects([{"size": [h, w], "counts": full}], h, w)[0]["counts"]
+        return decode_strings([to_compressed_rle(s, h, w)["counts"] if s else empty for s in segs], h, w)
+    except MalformedRLE as e:
+        k = e.index
+        for g in groups:
+            n = len(g.gt_anns) * n_frames
+            if k < n:
+                ann = g.gt_anns[k // n_frames]
+                raise VISFormatError(
+                    f"annotation (id {ann['id']}, video_id {ann['video_id']}): "
+                    f"segmentations[{k % n_frames}]: {e.reason}"
+                ) from None
+            k -= n
+        raise
+
+
+def _avg_area(areas: np.ndarray) -> np.ndarray:
+    """(N, T) frame areas -> mean of the non-zero ones per row (exact: an integer sum, one division), else 0."""
+    total, n_nonzero = areas.sum(axis=1), np.count_nonzero(areas, axis=1)
     return np.divide(total, n_nonzero, out=np.zeros(len(total)), where=n_nonzero > 0)
 
 
-def _frame_lists(results: list[dict], dt_index: list, empty: dict) -> list[list]:
-    """Per frame, the group's prediction RLEs in score order (null -> the empty mask)."""
-    frames = [list(f) for f in zip(*[results[i]["segmentations"] for i in dt_index], strict=True)]
-    for f in frames:
-        if None in f:
-            f[:] = [empty if s is None else s for s in f]
-    return frames
+@dataclass
+class _Candidates:
+    """The (prediction, GT) pairs of one group that may reach IoU 0.5, and their frame pairs."""
+
+    d: np.ndarray  # (P,) prediction rank
+    g: np.ndarray  # (P,) GT index
+    union_base: np.ndarray  # (P,) A_d + A_g: total areas over the video
+    mask_d: np.ndarray  # (Q,) frame pairs: prediction mask index
+    mask_g: np.ndarray  # (Q,) GT mask index
+    pair: np.ndarray  # (Q,) which pair
 
 
-def _group_ious(g: _Group, gt_segs: list[list[dict]], results: list[dict], empty: dict, full: dict) -> None:
-    """Video IoUs (D, G) and prediction average areas of a group with GTs and predictions."""
-    D, G = len(g.dt_index), len(g.gt_ids)
-    hw = g.h * g.w
-    crowd_flags = [1] * G + [0]
-    gt_frames = [list(f) + [full] for f in zip(*gt_segs, strict=True)]
-    dt_frames = _frame_lists(results, g.dt_index, empty)
-    o = np.stack(
-        [mask_util.iou(ds + [full], gs, crowd_flags) for ds, gs in zip(dt_frames, gt_frames, strict=True)]
-    )  # (F, D + 1, G + 1)
-    dt_area = np.rint(o[:, :D, G] * hw)  # full-frame GT column, not crowd: area(d) / (H*W)
-    gt_area = np.rint(o[:, D, :G] * hw)  # full-frame prediction row against a crowd GT: area(g) / (H*W)
-    inter = np.rint(o[:, :D, :G] * dt_area[:, :, None]).sum(axis=0)  # crowd GT columns: i / area(d)
-    dt_total, gt_total = dt_area.sum(axis=0), gt_area.sum(axis=0)
-    union = dt_total[:, None] + gt_total[None, :] - inter
-    g.ious = np.divide(inter, union, out=np.zeros((D, G)), where=union > 0)
-    g.dt_avg_area = _avg_area(dt_total, (dt_area > 0).sum(axis=0))
+def _candidates(g: _Group, dt: MaskRuns, gt: MaskRuns, gt_height: np.ndarray, dt_base: int, gt_base: int,
+                n_frames: int) -> _Candidates:
+    """Pairs of a group whose IoU may reach 0.5, the lowest threshold (no other pair can ever match).
 
-
-def _dt_only_areas(groups: list[_Group], results: list[dict]) -> None:
-    """Average areas of the predictions of groups without GT (read by the area-range ignore rule).
-
-    One pass over the video: all present masks of all these groups go through ``mask.area`` together.
+    A frame's intersection is at most ``min(area_d, area_g, shared columns * GT height)``; when these bounds
+    summed over the video give ``3 * I_max < A_d + A_g``, the video IoU ``I / (A_d + A_g - I)`` stays below 0.5.
+    Only frames where the bound is positive need an intersection.
     """
-    segs = [s for g in groups for i in g.dt_index for s in results[i]["segmentations"]]
-    where = [i for i, s in enumerate(segs) if s is not None]
-    areas = np.zeros(len(segs))
-    if where:
-        present = [segs[i] for i in where]
-        chunks = [mask_util.area(present[i : i + _AREA_CHUNK]) for i in range(0, len(present), _AREA_CHUNK)]
-        areas[where] = np.concatenate(chunks)
-    start = 0
+    D, G, T = len(g.dt_index), len(g.gt_ids), n_frames
+    dsl, gsl = slice(dt_base, dt_base + D * T), slice(gt_base, gt_base + G * T)
+    da, ga = dt.area[dsl].reshape(D, 1, T), gt.area[gsl].reshape(1, G, T)
+    cols = np.minimum(dt.x1[dsl].reshape(D, 1, T), gt.x1[gsl].reshape(1, G, T))
+    cols -= np.maximum(dt.x0[dsl].reshape(D, 1, T), gt.x0[gsl].reshape(1, G, T)) - 1
+    bound = np.minimum(np.minimum(da, ga), np.maximum(cols, 0) * gt_height[gsl].reshape(1, G, T))  # (D, G, T)
+    total = bound.sum(axis=2)
+    base = da.sum(axis=2) + ga.sum(axis=2)
+    pd, pg = np.nonzero((3 * total >= base) & (total > 0))
+    k, t = np.nonzero(bound[pd, pg] > 0)
+    return _Candidates(pd, pg, base[pd, pg], dt_base + pd[k] * T + t, gt_base + pg[k] * T + t, k)
+
+
+def _video_overlaps(groups: list[_Group], results: list[dict], evaluated_cats: set, n_frames: int) -> None:
+    """Fill ``ious`` (D, G) and ``dt_avg_area`` (D,) of the groups of one video.
+
+    Only IoUs that can reach the lowest threshold are computed; the others stay 0 (matching never looks at a
+    pair below 0.5). A category with no regular GT anywhere is never evaluated: its numbers are never read.
+    """
     for g in groups:
-        n = len(g.dt_index) * len(results[g.dt_index[0]]["segmentations"])
-        a = areas[start : start + n].reshape(len(g.dt_index), -1)
-        g.dt_avg_area = _avg_area(a.sum(axis=1), (a > 0).sum(axis=1))
-        start += n
-
-
-def _video_overlaps(groups: list[_Group], results: list[dict], evaluated_cats: set) -> None:
-    """Fill ``ious`` and ``dt_avg_area`` of the groups of one video."""
-    if not groups:
+        g.ious, g.dt_avg_area = np.zeros((len(g.dt_index), len(g.gt_ids))), np.zeros(len(g.dt_index))
+    dt_groups = [g for g in groups if len(g.dt_index) and g.cat in evaluated_cats]
+    if not dt_groups or n_frames == 0:
         return
-    h, w = groups[0].h, groups[0].w
-    empty, full = _special_rles(h, w)
-    with_both = [g for g in groups if len(g.dt_index) and len(g.gt_ids)]
-    gt_segs = _gt_rles([a for g in with_both for a in g.gt_anns], h, w, empty)
+    h, w = dt_groups[0].h, dt_groups[0].w
+    dt = _prediction_runs(dt_groups, results, h, w, n_frames)
+    dt_base = np.cumsum([0] + [len(g.dt_index) * n_frames for g in dt_groups])
+    for g, b in zip(dt_groups, dt_base, strict=False):
+        g.dt_avg_area = _avg_area(dt.area[b : b + len(g.dt_index) * n_frames].reshape(-1, n_frames))
+    both = [(g, b) for g, b in zip(dt_groups, dt_base, strict=False) if len(g.gt_ids)]
+    if not both:
+        return
+    gt = _gt_runs([g for g, _ in both], h, w, n_frames)
+    table = column_table(gt)
+    gt_height = table.y1 - table.y0 + 1
+    gt_base = np.cumsum([0] + [len(g.gt_ids) * n_frames for g, _ in both])
+    cands = [
+        _candidates(g, dt, gt, gt_height, b, gb, n_frames) for (g, b), gb in zip(both, gt_base, strict=False)
+    ]
+    inter = pair_intersections(
+        dt, gt, table, np.concatenate([c.mask_d for c in cands]), np.concatenate([c.mask_g for c in cands])
+    )
     start = 0
-    for g in with_both:
-        _group_ious(g, gt_segs[start : start + len(g.gt_ids)], results, empty, full)
-        start += len(g.gt_ids)
-    dt_only = [g for g in groups if len(g.dt_index) and not len(g.gt_ids)]
-    # a category with no regular GT anywhere is never evaluated: its areas are never read
-    _dt_only_areas([g for g in dt_only if g.cat in evaluated_cats], results)
-    for g in dt_only:
-        if g.cat not in evaluated_cats:
-            g.dt_avg_area = np.zeros(len(g.dt_index))
+    for (g, _), c in zip(both, cands, strict=True):
+        i_pair = np.bincount(c.pair, weights=inter[start : start + len(c.pair)], minlength=len(c.d))  # exact
+        start += len(c.pair)
+        union = c.union_base - i_pair
+        g.ious[c.d, c.g] = np.divide(i_pair, union, out=np.zeros(len(union)), where=union > 0)
 
 
 # --------------------------------------------------------------------------------------------------- matching
@@ -289,35 +343,39 @@ def _pr_curves(tps: np.ndarray, fps: np.ndarray, npig: int, rec_thrs: np.ndarray
     return q, rc[:, -1]
 
 
-def evaluate_fast(gt: YTVISAnnotations, results: list[dict], params: EvalParams) -> Accumulated:
-    """Evaluate validated inputs; returns the same arrays as the reference on the slices the summary reads."""
-    groups = _build_groups(gt, results, params)
-    cat_ids, vid_ids = gt.category_ids, gt.video_ids
-    cats_with_gt = {c for (_, c), g in groups.items() if len(g.gt_ids) and not g.gt_crowd.all()}
-    by_video = defaultdict(list)
-    for (vid, _), g in groups.items():
-        by_video[vid].append(g)
-    for vid in vid_ids:
-        _video_overlaps(by_video.get(vid, []), results, cats_with_gt)
+def _problems(groups: dict[tuple, _Group], params: EvalParams, slices: list) -> tuple[list, dict]:
+    """Matching problems: one per (group, distinct GT ignore pattern over the needed slices).
 
-    slices = needed_slices(params)
-    # GT ignore pattern per (group, slice); identical patterns share one matching problem
+    Returns ``(problems, problem_of)`` with ``problems[j] = (group, gt_ignore)`` and
+    ``problem_of[key, a, o] = j``.
+    """
+    a_lo = np.array([params.area_rngs[a][0] for a, _ in slices])[:, None]
+    a_hi = np.array([params.area_rngs[a][1] for a, _ in slices])[:, None]
+    o_lo = np.array([params.occ_rngs[o][0] for _, o in slices])[:, None]
+    o_hi = np.array([params.occ_rngs[o][1] for _, o in slices])[:, None]
     problems, problem_of = [], {}
-    pattern_ids: dict[tuple, int] = {}
     for key, g in groups.items():
-        for a, o in slices:
-            a_lo, a_hi = params.area_rngs[a]
-            ign = g.gt_crowd | (g.gt_avg_area < a_lo) | (g.gt_avg_area > a_hi)
-            if params.occlusion:
-                o_lo, o_hi = params.occ_rngs[o]
-                ign = ign | (g.gt_occ < o_lo) | (g.gt_occ > o_hi)
-            pkey = (key, ign.tobytes())
-            if pkey not in pattern_ids:
-                pattern_ids[pkey] = len(problems)
-                problems.append((g, ign))
-            problem_of[key, a, o] = pattern_ids[pkey]
-    matches = _match_all(problems, params)
+        if not len(g.gt_ids):  # nothing to match: one problem for every slice
+            problems.append((g, g.gt_ignore))
+            for a, o in slices:
+                problem_of[key, a, o] = len(problems) - 1
+            continue
+        # (S, G): ignored GTs per slice (outside the area range, or the occlusion range for OVIS)
+        ign = g.gt_ignore | (g.gt_avg_area < a_lo) | (g.gt_avg_area > a_hi)
+        if params.occlusion:
+            ign |= (g.gt_occ < o_lo) | (g.gt_occ > o_hi)
+        seen: dict[bytes, int] = {}
+        for (a, o), row in zip(slices, ign, strict=True):
+            pattern = row.tobytes()
+            if pattern not in seen:
+                seen[pattern] = len(problems)
+                problems.append((g, row))
+            problem_of[key, a, o] = seen[pattern]
+    return problems, problem_of
 
+
+def _accumulate(groups, matches, problem_of, cat_ids, vid_ids, cats_with_gt, params, slices) -> Accumulated:
+    """Precision / recall per (category, needed slice, maxDets) from the matches of every group."""
     T, R, K = len(params.iou_thrs), len(params.rec_thrs), len(cat_ids)
     A, O, M = len(params.area_rngs), len(params.occ_rngs), len(params.max_dets)
     precision = -np.ones((T, R, K, A, O, M))
@@ -336,11 +394,12 @@ def evaluate_fast(gt: YTVISAnnotations, results: list[dict], params: EvalParams)
             orders.append(keep[np.argsort(-scores[keep], kind="stable")])
         for a, o in slices:
             a_lo, a_hi = params.area_rngs[a]
-            npig = sum(matches[problem_of[key, a, o]].n_regular for key in keys)
+            found = [matches[problem_of[key, a, o]] for key in keys]
+            npig = sum(f.n_regular for f in found)
             if npig == 0:
                 continue
-            matched = np.concatenate([matches[problem_of[key, a, o]].matched for key in keys], axis=1)
-            ignored = np.concatenate([matches[problem_of[key, a, o]].ignored for key in keys], axis=1)
+            matched = np.concatenate([f.matched for f in found], axis=1)
+            ignored = np.concatenate([f.ignored for f in found], axis=1)
             # unmatched predictions outside the area range are ignored (never by occlusion range)
             ignored = ignored | (~matched & ((dt_area < a_lo) | (dt_area > a_hi)))
             for m, inds in enumerate(orders):
@@ -349,3 +408,19 @@ def evaluate_fast(gt: YTVISAnnotations, results: list[dict], params: EvalParams)
                 precision[:, :, k, a, o, m] = q
                 recall[:, k, a, o, m] = rc
     return Accumulated(params=params, cat_ids=list(cat_ids), precision=precision, recall=recall)
+
+
+def evaluate_fast(gt: YTVISAnnotations, results: list[dict], params: EvalParams) -> Accumulated:
+    """Evaluate validated inputs; returns the same arrays as the reference on the slices the summary reads."""
+    groups = _build_groups(gt, results, params)
+    cat_ids, vid_ids = gt.category_ids, gt.video_ids
+    cats_with_gt = {c for (_, c), g in groups.items() if len(g.gt_ids) and not g.gt_ignore.all()}
+    by_video = defaultdict(list)
+    for (vid, _), g in groups.items():
+        by_video[vid].append(g)
+    for vid in vid_ids:
+        _video_overlaps(by_video.get(vid, []), results, cats_with_gt, gt.video_length(vid))
+    slices = needed_slices(params)
+    problems, problem_of = _problems(groups, params, slices)
+    matches = _match_all(problems, params)
+    return _accumulate(groups, matches, problem_of, cat_ids, vid_ids, cats_with_gt, params, slices)

@@ -80,7 +80,7 @@ def summarize(acc: Accumulated) -> dict[str, float]:
     return {name: _mean_defined(_slice(acc, *spec)) for name, *spec in _stat_specs(acc.params)}
 
 
-def per_category(acc: Accumulated) -> dict[str, dict[str, float]]:
+def per_category_stats(acc: Accumulated) -> dict[str, dict[str, float]]:
     """Per category id (as a string, json keys): AP, AP50, AP75 and AR100 at area all, occlusion all."""
     p = acc.params
     m = p.max_dets[-1]

@@ -36,10 +36,10 @@ class CaseConfig:
     n_frames: int = 36
     n_categories: int = 40
     crowded_fraction: float = 0.6  # share of videos with one category and many objects
-    crowded_objects: tuple[int, int] = (10, 26)  # objects per crowded video (inclusive range)
+    crowded_objects: tuple[int, int] = (10, 27)  # objects per crowded video (inclusive range)
     sparse_objects: tuple[int, int] = (1, 6)  # objects per other video, over 1-3 categories
     preds_per_object: int = 5  # perturbed copies of each GT track, scored by how good they are
-    false_positives: int = 17  # per video, random tracks
+    false_positives: int = 16  # per video, random tracks
     crowd_rate: float = 0.01  # share of GT tracks with iscrowd = 1
     occlusion: bool = False  # add OVIS per-frame occlusion labels
     seed: int = 0
@@ -124,15 +124,21 @@ def make_case(config: CaseConfig | None = None, **overrides) -> tuple[dict, list
     cfg = config or CaseConfig()
     for k, v in overrides.items():
         setattr(cfg, k, v)
-    rng = np.random.default_rng(cfg.seed)
+    # three independent streams: the video layout (sizes, object counts, categories) does not depend on the
+    # number of frames, and occlusion labels do not change anything else
+    layout_rng = np.random.default_rng([cfg.seed, 0])
+    occ_rng = np.random.default_rng([cfg.seed, 1])
+    rng = np.random.default_rng([cfg.seed, 2])
     categories = [
         {"id": k + 1, "name": f"class_{k + 1}", "supercategory": "object"} for k in range(cfg.n_categories)
     ]
+    n_crowded = round(cfg.crowded_fraction * cfg.n_videos)
+    crowded_videos = set(layout_rng.permutation(cfg.n_videos)[:n_crowded].tolist())
     videos, annotations, results = [], [], []
     n_frames = cfg.n_frames
     for v in range(cfg.n_videos):
         vid = v + 1
-        h, w = RESOLUTIONS[int(rng.integers(len(RESOLUTIONS)))]
+        h, w = RESOLUTIONS[int(layout_rng.integers(len(RESOLUTIONS)))]
         videos.append(
             {
                 "id": vid,
@@ -142,19 +148,14 @@ def make_case(config: CaseConfig | None = None, **overrides) -> tuple[dict, list
                 "file_names": [f"video_{vid:04d}/{t:05d}.jpg" for t in range(n_frames)],
             }
         )
-        crowded = rng.random() < cfg.crowded_fraction
-        if crowded:
-            n_obj = int(rng.integers(cfg.crowded_objects[0], cfg.crowded_objects[1] + 1))
-            cats = [int(rng.integers(1, cfg.n_categories + 1))]
+        if v in crowded_videos:
+            n_obj = int(layout_rng.integers(cfg.crowded_objects[0], cfg.crowded_objects[1] + 1))
+            cats = [int(layout_rng.integers(1, cfg.n_categories + 1))]
             size_range = (6.0, 0.09 * min(h, w) + 12)
         else:
-            n_obj = int(rng.integers(cfg.sparse_objects[0], cfg.sparse_objects[1] + 1))
-            cats = [
-                int(c)
-                for c in rng.choice(
-                    np.arange(1, cfg.n_categories + 1), size=int(rng.integers(1, 4)), replace=False
-                )
-            ]
+            n_obj = int(layout_rng.integers(cfg.sparse_objects[0], cfg.sparse_objects[1] + 1))
+            n_cats = int(layout_rng.integers(1, 4))
+            cats = layout_rng.choice(np.arange(1, cfg.n_categories + 1), n_cats, replace=False).tolist()
             size_range = (10.0, 0.45 * min(h, w))
         gt_counts, pred_counts = [], []
         gt_meta, pred_meta = [], []
@@ -212,7 +213,7 @@ def make_case(config: CaseConfig | None = None, **overrides) -> tuple[dict, list
                 "areas": [None if c is None else int(sum(c[1::2])) for c in segs],
             }
             if cfg.occlusion:
-                labels = rng.choice(3, size=n_frames, p=[0.5, 0.3, 0.2])
+                labels = occ_rng.choice(3, size=n_frames, p=[0.5, 0.3, 0.2])
                 ann["occlusion"] = [
                     None if c is None else OCCLUSION_LABELS[int(k)] for c, k in zip(segs, labels, strict=True)
                 ]

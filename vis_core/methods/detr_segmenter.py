@@ -18,10 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vis_core.methods.registry import register_method
-from vis_core.modeling.deformable_detr import DeformableDETR, DeformableDETRConfig
+from vis_core.modeling.deformable_detr import DeformableDETR, DeformableDETRConfig, postprocess_frames
 from vis_core.modeling.idol_criterion import IDOLCriterion, idol_weight_dict
 from vis_core.modeling.simota_matcher import SimOTAMatcher
 
@@ -113,3 +114,17 @@ class DeformableDETRFrame(nn.Module):
         if k > 1:  # a batch-multiplying encoder pre-layer (BatchFormerV2 two-stream): every stream gets the GT
             targets = targets * k
         return self.criterion.weighted(self.criterion(outputs, targets))
+
+    @torch.no_grad()
+    def predict_frames(self, images: torch.Tensor, image_sizes: list[tuple[int, int]] | None = None,
+                       output_sizes: list[tuple[int, int]] | None = None, topk: int = 100) -> list[dict]:
+        """Per-image instances for frame-level AP (``vis_core.engine.evaluate_frames``): ``images (N, 3, H, W)``
+        float 0..255 (zero-padded batch) -> ``N`` dicts of ``scores (k,)``, ``labels (k,)``, ``masks (k, H_out,
+        W_out)`` bool (IDOL's ``coco_inference``: top ``topk`` (query, class) pairs)."""
+        sizes = image_sizes or [tuple(images.shape[-2:])] * images.shape[0]
+        outputs = self.model(images, image_sizes=sizes)
+        results = postprocess_frames(outputs, sizes, topk=topk, mask_stride=self.model_cfg.mask_out_stride)
+        for res, size in zip(results, output_sizes or sizes, strict=True):
+            if tuple(res["masks"].shape[-2:]) != tuple(size):
+                res["masks"] = F.interpolate(res["masks"][None].float(), size=tuple(size), mode="nearest")[0] > 0.5
+        return results

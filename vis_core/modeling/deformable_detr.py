@@ -77,7 +77,7 @@ class DeformableDETRConfig:
     rel_coord: bool = True
     mask_out_stride: int = 4
     aux_loss: bool = True  # deep supervision of every decoder layer
-    aux_masks: bool = True  # dense aux-layer masks; False: the criterion predicts them for matched queries only
+    aux_masks: bool = False  # dense aux-layer masks; False (IDOL): the criterion predicts matched queries only
     size_divisibility: int = 32
     pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
     pixel_std: tuple[float, float, float] = IMAGENET_STD

@@ -143,7 +143,7 @@ class DynamicMaskHead(nn.Module):
         n = params.shape[0]
         cm, h, w = mask_feats.shape
         chunks = list(torch.split(params, self.split_sizes, dim=1))
-        weights = [c.reshape(n, o, i) for c, (o, i) in zip(chunks[: self.num_layers], self.weight_shapes)]
+        weights = [c.reshape(n, o, i) for c, (o, i) in zip(chunks[: self.num_layers], self.weight_shapes, strict=True)]
         biases = chunks[self.num_layers :]
         feats = mask_feats.reshape(cm, h * w)
         # first layer: the features are shared by all instances, only the coordinates differ, so apply the

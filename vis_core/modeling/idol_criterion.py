@@ -84,9 +84,17 @@ class IDOLCriterion(nn.Module):
         return list(outputs.get("aux_outputs", [])) + [outputs]
 
     @torch.no_grad()
-    def match(self, outputs: dict, targets: list[dict]) -> list[list[tuple[Tensor, Tensor]]]:
-        """SimOTA indices for every layer, aux layers first and the last layer last."""
-        return [self.matcher(layer, targets) for layer in self._layers(outputs)]
+    def match(self, outputs: dict, targets: list[dict], return_best: bool = False):
+        """SimOTA indices for every layer, aux layers first and the last layer last.
+
+        With ``return_best=True`` also returns the last layer's cheapest query per GT (per image, ``(G,)``): the
+        key-frame anchors of IDOL's contrastive loss (``matched_ids`` in the official code).
+        """
+        layers = self._layers(outputs)
+        indices = [self.matcher(layer, targets) for layer in layers[:-1]]
+        last, best = self.matcher(layers[-1], targets, return_best=True)
+        indices.append(last)
+        return (indices, best) if return_best else indices
 
     def loss_labels(self, out: dict, targets: list[dict], indices, num: float) -> dict[str, Tensor]:
         logits = out["pred_logits"]

@@ -25,7 +25,7 @@ def _add_run_info(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="report_command", metavar="{build,tables,index,check-paper}",
+    sub = parser.add_subparsers(dest="report_command", metavar="{build,tables,index,publish,check-paper}",
                                 required=True)
 
     b = sub.add_parser("build", help="build reports/<name>/ (report.md, report.html, tables, figures)")
@@ -51,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     i = sub.add_parser("index", help="write reports/index.md from reports/*/summary.json")
     i.add_argument("--reports", default="reports", help="reports directory (default: reports)")
+
+    p = sub.add_parser("publish", help="copy a built report dir into reports/<name>/ and refresh the index")
+    p.add_argument("src", help="built report directory, e.g. reproductions/ovis_2nd/report")
+    p.add_argument("dst", help="published directory, e.g. reports/ovis_2nd")
 
     c = sub.add_parser("check-paper", help="validate paper.yaml files")
     c.add_argument("paths", nargs="+")
@@ -98,6 +102,32 @@ def _index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish(args: argparse.Namespace) -> int:
+    """Copy ``src`` to ``dst`` whole: a temp sibling first, then swapped in, so a reader never sees half."""
+    import shutil
+    import tempfile
+
+    from vis_core.report.index import build_index
+
+    src, dst = Path(args.src), Path(args.dst)
+    if not (src / "report.md").is_file():
+        raise ReportInputError(f"{src}: no report.md (build the report first)")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        old = dst.with_name(f".{dst.name}.old")
+        if dst.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            dst.rename(old)
+        tmp.rename(dst)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"published {src} -> {dst}; wrote {build_index(dst.parent)}")
+    return 0
+
+
 def _check_paper(args: argparse.Namespace) -> int:
     from vis_core.report.paper import load_paper
 
@@ -109,7 +139,7 @@ def _check_paper(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    handlers = {"build": _build, "tables": _tables, "index": _index, "check-paper": _check_paper}
+    handlers = {"build": _build, "tables": _tables, "index": _index, "publish": _publish, "check-paper": _check_paper}
     try:
         return handlers[args.report_command](args)
     except ReportInputError as e:

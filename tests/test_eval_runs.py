@@ -1,0 +1,138 @@
+"""The numpy RLE decoder and interval arithmetic of the fast evaluator agree exactly with pycocotools."""
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_util
+
+from vis_core.data.ytvis import VISFormatError, mask_to_rle
+from vis_core.eval import evaluate, runs
+from vis_core.eval.runs import MalformedRLE, column_table, decode_strings, pair_intersections, runs_from_count_lists
+from vis_core.eval.synthetic_case import case_from_masks
+
+SIZES = [(1, 1), (1, 9), (7, 1), (6, 8), (37, 53), (128, 128), (300, 7), (720, 1280)]
+
+
+def random_mask(rng, h, w):
+    """Empty, full, one pixel, noise (many runs per column), a box, a full-height band, or a blob with holes."""
+    kind = rng.integers(7)
+    m = np.zeros((h, w), dtype=np.uint8)
+    if kind == 1:
+        m[:] = 1
+    elif kind == 2:
+        m[rng.integers(h), rng.integers(w)] = 1
+    elif kind == 3:  # noise in a box: many runs per column
+        y, x = rng.integers(h), rng.integers(w)
+        box = m[y : y + 96, x : x + 96]
+        box[:] = rng.random(box.shape) < rng.random()
+    elif kind == 4:
+        y, x = rng.integers(h), rng.integers(w)
+        m[y : y + rng.integers(1, h + 1), x : x + rng.integers(1, w + 1)] = 1
+    elif kind == 5:  # runs that continue from one column into the next
+        x = rng.integers(w)
+        m[:, x : x + rng.integers(1, w + 1)] = 1
+        m[rng.integers(h) :, max(x - 1, 0)] = 1
+    elif kind == 6:
+        yy, xx = np.mgrid[:h, :w]
+        cy, cx, r = rng.integers(h), rng.integers(w), rng.integers(1, max(h, w) + 1)
+        y0, x0 = rng.integers(h), rng.integers(w)
+        m = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r).astype(np.uint8)
+        m[y0 : y0 + 64, x0 : x0 + 64] ^= (rng.random((h, w)) < 0.05)[y0 : y0 + 64, x0 : x0 + 64]
+    return m
+
+
+def counts_of(m):
+    """Uncompressed column-major COCO counts of a mask (what pycocotools encodes)."""
+    flat = m.flatten(order="F")
+    edges = np.flatnonzero(np.diff(flat)) + 1
+    counts = np.diff(np.concatenate(([0], edges, [flat.size]))).tolist()
+    return [0] + counts if flat[0] else counts
+
+
+def masks_and_strings(rng, h, w, n):
+    masks = [random_mask(rng, h, w) for _ in range(n)]
+    return masks, [mask_to_rle(m)["counts"] for m in masks]
+
+
+def run_ends(r, i):
+    return r.pos[r.tok_ptr[i] : r.tok_ptr[i + 1]].astype(np.int64) - i * r.h * r.w
+
+
+@pytest.mark.parametrize("h,w", SIZES)
+def test_decoded_counts_areas_and_extents_equal_pycocotools(h, w):
+    rng = np.random.default_rng(h * 1000 + w)
+    n = 40 if h * w < 10**5 else 8
+    masks, strings = masks_and_strings(rng, h, w, n)
+    for r in (decode_strings(strings, h, w), runs_from_count_lists([counts_of(m) for m in masks], h, w)):
+        rles = [{"size": [h, w], "counts": s} for s in strings]
+        np.testing.assert_array_equal(r.area, mask_util.area(rles).astype(np.int64))
+        boxes = mask_util.toBbox(rles)
+        for i, m in enumerate(masks):
+            np.testing.assert_array_equal(np.diff(run_ends(r, i), prepend=0), counts_of(m))
+            if m.any():
+                assert (r.x0[i], r.x1[i]) == (boxes[i, 0], boxes[i, 0] + boxes[i, 2] - 1)
+            else:
+                assert r.x0[i] > r.x1[i]
+
+
+@pytest.mark.parametrize("h,w", SIZES)
+@pytest.mark.parametrize("wide_positions", [False, True])
+def test_pair_intersections_equal_pycocotools(h, w, wide_positions, monkeypatch):
+    if wide_positions:  # run ends in int64, as for a video whose masks span more than 2**31 positions
+        monkeypatch.setattr(runs, "_INT32_LINE", 0)
+    rng = np.random.default_rng(h + w)
+    n = 24 if h * w < 10**5 else 6
+    dt_masks, dt_strings = masks_and_strings(rng, h, w, n)
+    gt_masks = [random_mask(rng, h, w) for _ in range(n)]
+    dt = decode_strings(dt_strings, h, w)
+    gt = runs_from_count_lists([counts_of(m) for m in gt_masks], h, w)
+    d, g = (a.ravel() for a in np.meshgrid(np.arange(n), np.arange(n), indexing="ij"))
+    got = pair_intersections(dt, gt, column_table(gt), d, g)
+    want = [int((dt_masks[i] & gt_masks[j]).sum()) for i, j in zip(d, g, strict=True)]
+    np.testing.assert_array_equal(got, want)
+    # and pycocotools' own merge agrees on a few
+    rle_d, rle_g = mask_util.encode(np.asfortranarray(dt_masks[0])), mask_util.encode(np.asfortranarray(gt_masks[0]))
+    assert got[0] == mask_util.area(mask_util.merge([rle_d, rle_g], intersect=True))
+
+
+def test_long_runs_and_negative_deltas():
+    # counts far apart in size: multi-chunk numbers, with negative deltas (counts[i] - counts[i-2] < 0)
+    h, w = 720, 1280
+    counts = [0, 5, 900000, 3, 10000, 1, 1, 2]
+    counts.append(h * w - sum(counts))
+    m = np.repeat(np.arange(len(counts)) % 2, counts).astype(np.uint8).reshape((h, w), order="F")
+    r = decode_strings([mask_to_rle(m)["counts"]], h, w)
+    np.testing.assert_array_equal(np.diff(run_ends(r, 0), prepend=0), counts)
+    assert r.area[0] == m.sum()
+
+
+def test_malformed_strings_are_reported_with_their_index():
+    h, w = 6, 8
+    good = mask_to_rle(np.ones((h, w), np.uint8))["counts"]
+    short = mask_to_rle(np.ones((h, w - 1), np.uint8))["counts"]
+    with pytest.raises(MalformedRLE) as info:
+        decode_strings([good, short], h, w)
+    assert info.value.index == 1 and "add up to 42, expected height*width = 48" in info.value.reason
+    with pytest.raises(MalformedRLE) as info:
+        decode_strings([good, good, good + "~"], h, w)
+    assert info.value.index == 2 and "alphabet" in info.value.reason
+    with pytest.raises(MalformedRLE) as info:
+        decode_strings([good, ""], h, w)
+    assert info.value.index == 1 and "no runs" in info.value.reason
+    with pytest.raises(MalformedRLE) as info:
+        runs_from_count_lists([[48], [50, -2]], h, w)
+    assert info.value.index == 1 and "negative" in info.value.reason
+
+
+def test_evaluate_names_the_prediction_with_a_malformed_string(tmp_path):
+    m = np.zeros((6, 8), np.uint8)
+    m[1:3, 2:5] = 1
+    gt, res = case_from_masks(
+        {1: (6, 8, 2)},
+        [{"video_id": 1, "category_id": 1, "masks": [m, m]}],
+        [{"video_id": 1, "category_id": 1, "score": 0.5, "masks": [m, m]}],
+    )
+    res[0]["segmentations"][1]["counts"] = mask_to_rle(np.ones((6, 7), np.uint8))["counts"]
+    with pytest.raises(VISFormatError) as info:
+        evaluate(gt, res)
+    msg = str(info.value)
+    assert "video_id 1" in msg and "segmentations[1]" in msg and "expected height*width = 48" in msg

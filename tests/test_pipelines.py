@@ -1,0 +1,112 @@
+"""The reproductions' DVC pipelines: the literal `dvc repro reproductions/<name>` target, the full profile's
+stage commands (dry run) and the full-profile training configs."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vis_core.engine import stages
+from vis_core.engine.config import TrainConfig, from_dict
+from vis_core.methods.registry import get_method, method_config_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+REPROS = sorted(p.parent.name for p in (ROOT / "reproductions").glob("*/dvc.yaml"))
+DVC = str(Path(sys.executable).with_name("dvc"))
+
+
+def test_every_reproduction_has_a_root_stage_named_by_its_path():
+    root = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert REPROS, "no reproductions found"
+    for name in REPROS:
+        stage = root[f"reproductions/{name}"]
+        assert stage["deps"] == [f"reproductions/{name}/report"]
+        assert list(stage["outs"][0]) == [f"reports/{name}"]
+
+
+def _copy_repro(tmp_path: Path, name: str, profile: str) -> Path:
+    repo = tmp_path / "repo"
+    (repo / "reproductions").mkdir(parents=True)
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    for other in REPROS:  # the root dvc.yaml names every reproduction
+        shutil.copytree(ROOT / "reproductions" / other, repo / "reproductions" / other,
+                        ignore=shutil.ignore_patterns("data", "runs", "outputs", "report", "dvc.lock", "*.png"))
+    params_path = repo / "reproductions" / name / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["profile"] = profile
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([DVC, "init", "-q"], cwd=repo, check=True)
+    return repo
+
+
+def _touch_outputs(repo: Path) -> None:
+    """Create every declared output so that `dvc repro --dry` can walk the whole graph (a dry run does not
+    simulate outputs of earlier stages)."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        for stage in dvc_repo.index.stages:
+            for out in stage.outs:
+                path = Path(out.fs_path)
+                if path.suffix:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.touch()
+                else:
+                    path.mkdir(parents=True, exist_ok=True)
+                    (path / "results.json").touch()
+
+
+@pytest.mark.parametrize("name", REPROS)
+def test_full_profile_dry_run_lists_every_stage_command(tmp_path, name):
+    repo = _copy_repro(tmp_path, name, "full")
+    _touch_outputs(repo)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    out = subprocess.run([DVC, "repro", "--dry", "--force", f"reproductions/{name}"], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    params = yaml.safe_load((repo / "reproductions" / name / "params.yaml").read_text())
+    expected = ["vis stage data"]
+    for seed in params["seeds"]:
+        expected += [f"vis stage train --variant {v} --seed {seed}" for v in params["trained"]]
+        expected += [f"vis stage eval --variant {v} --seed {seed}" for v in params["evaluated"]]
+        expected.append(f"vis stage infer --variant ensemble --seed {seed}")
+    expected += ["vis report build . --out report", "vis stage submit --variant ensemble --seed 0",
+                 f"vis report publish reproductions/{name}/report reports/{name}"]
+    missing = [cmd for cmd in expected if f"> {cmd}" not in out.stdout]
+    assert not missing, f"stage commands missing from the dry run: {missing}"
+
+
+@pytest.mark.parametrize("name", REPROS)
+def test_full_profile_training_configs_build(name):
+    params = stages.load_params(ROOT / "reproductions" / name / "params.yaml")
+    params["profile"] = "full"
+    paths = {k: f"/datasets/{k}" for k in ("train_json", "train_images", "coco_json", "coco_images")}
+    for variant in params["trained"]:
+        phases = stages.resolve_train_config(params, variant, 0, paths)
+        assert len(phases) == 2, "full recipe: COCO pseudo videos, then the challenge train set"
+        assert phases[0]["data"]["kind"] == "coco_pseudo" and phases[1]["init_weights"].endswith("model_final.pth")
+        for cfg_dict in phases:
+            cfg = from_dict(TrainConfig, cfg_dict, f"{name} {variant}")
+            assert cfg.solver.lr == 1e-4 and cfg.solver.batch_size in (8, 16)
+            entry = get_method(cfg.method)
+            model_cfg = method_config_from_dict(entry.config, cfg.model)
+            assert getattr(model_cfg, "preset", "full") == "full"
+
+
+def test_smoke_variants_differ_only_by_config():
+    """An ablation row is a params entry: trained variants of one method share the recipe except `model`."""
+    for name in REPROS:
+        params = stages.load_params(ROOT / "reproductions" / name / "params.yaml")
+        paths = {k: k for k in ("train_json", "train_images")}
+        resolved = {v: stages.resolve_train_config(params, v, 0, paths)[-1] for v in params["trained"]}
+        by_method: dict[str, list[dict]] = {}
+        for cfg in resolved.values():
+            by_method.setdefault(cfg["method"], []).append(cfg)
+        for cfgs in by_method.values():
+            strip = [{k: v for k, v in c.items() if k not in ("model", "output_dir")} for c in cfgs]
+            assert all(s == strip[0] for s in strip)

@@ -1,0 +1,80 @@
+"""``vis infer``: run a trained online method over a video set and write a YouTube-VIS results json.
+
+    vis infer --run runs/idol/seed0 --gt data/valid/instances.json --image-root data/valid/JPEGImages \\
+        --out outputs/idol/results.json [--scales 96 128] [--mode hold_all] [--set model.key=value ...]
+
+``--run`` is a training output directory (``config.yaml`` + ``model_final.pth`` or ``last.pth``, as written
+by ``vis train``); ``--set`` overrides test-time keys of the method's config (tracker thresholds, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from vis_core.engine.config import ConfigError, apply_overrides
+from vis_core.engine.infer import InferConfig, run_inference
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="training output dir (config.yaml + checkpoint)")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint file (default: model_final.pth or last.pth)")
+    parser.add_argument("--gt", required=True, help="annotation json whose videos are processed")
+    parser.add_argument("--image-root", required=True, help="folder of <video>/<frame>.jpg")
+    parser.add_argument("--out", required=True, help="results json to write")
+    parser.add_argument("--mode", choices=("streaming", "hold_all"), default="streaming")
+    parser.add_argument("--min-size", type=int, default=None, help="test shortest side (default: as stored)")
+    parser.add_argument("--max-size", type=int, default=None)
+    parser.add_argument("--scales", type=int, nargs="*", default=[], help="multi-scale test shortest sides")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="model.KEY=VALUE")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument("--timing", default=None, help="write segmenter/association timing json here")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def load_trained_method(run_dir: str | Path, checkpoint: str | Path | None = None,
+                        overrides: list[str] | None = None, device: str = "cpu") -> torch.nn.Module:
+    """Rebuild the method of a training run from its ``config.yaml`` and load its final weights."""
+    from vis_core.engine.checkpoint import load_model_weights
+    from vis_core.engine.config import TrainConfig, from_dict
+    from vis_core.methods.registry import build_method
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise ConfigError(f"{cfg_path}: no config.yaml in the run directory (was it written by `vis train`?)")
+    values = yaml.safe_load(cfg_path.read_text())
+    values = apply_overrides(values, overrides or [], str(cfg_path))
+    cfg = from_dict(TrainConfig, values, str(cfg_path))
+    method = build_method(cfg, where=f"{cfg_path}: model")
+    if checkpoint is None:
+        candidates = [run_dir / "model_final.pth", run_dir / "last.pth"]
+        checkpoint = next((c for c in candidates if c.is_file()), None)
+        if checkpoint is None:
+            raise ConfigError(f"{run_dir}: no model_final.pth or last.pth checkpoint")
+    missing, unexpected = load_model_weights(method, checkpoint)
+    # Training-only heads may be absent at test time; anything else missing means the wrong checkpoint.
+    if missing:
+        raise ConfigError(f"{checkpoint}: checkpoint lacks {len(missing)} parameters, e.g. {missing[:3]}")
+    return method.to(device).eval()
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        method = load_trained_method(args.run, args.checkpoint, args.overrides, args.device)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"vis infer: {e}", file=sys.stderr)
+        return 1
+    cfg = InferConfig(min_size=args.min_size, max_size=args.max_size, scales=list(args.scales),
+                      mode=args.mode, device=args.device)
+    out = run_inference(method, args.gt, args.image_root, args.out, cfg, progress=not args.no_progress,
+                        timing_path=args.timing)
+    print(f"wrote {out}")
+    return 0
