@@ -321,10 +321,15 @@ def test_registered_method_builds_from_a_plain_dict():
 
 
 def _synthetic_clip_batch(frames=2):
-    """One clip of A's synthetic generator (ytvis preset with larger objects: 3 instances, 2 categories)."""
+    """One clip of A's synthetic generator at 192x320 with few, large objects (3 instances of 3 categories,
+    4400-6600 px each). At the 96x160 smoke size the objects are too small for AP[.5:.95] >= 90 at all: the
+    dynamic head predicts at stride 8, and even each GT's exact signed distance sampled on that grid (put where
+    the head's x2 ``aligned_bilinear`` puts it) reaches IoU 0.80-0.90 there; on this clip that bound is AP 100
+    (IoUs 0.96-0.98)."""
     from vis_core.data.synthetic import make_config, render_video
 
-    video = render_video(make_config("ytvis", radius=(0.25, 0.35), objects=(2, 3)), seed=0, index=3)
+    cfg = make_config("ytvis", height=192, width=320, radius=(0.3, 0.4), objects=(2, 3))
+    video = render_video(cfg, seed=0, index=29)
     h, w = video.height, video.width
     ids = sorted(video.masks)
     images = torch.from_numpy(video.frames[:frames]).permute(0, 3, 1, 2).float()
@@ -338,30 +343,47 @@ def _synthetic_clip_batch(frames=2):
     return {"images": images[None], "targets": [targets], "image_sizes": [(h, w)]}
 
 
-def test_tiny_segmenter_overfits_one_synthetic_clip():
+def _clip_mask_ap(method, batch) -> dict:
+    """Image-level COCO mask AP (percent) of ``method.predict_frames`` on the clip's frames."""
     from vis_core.engine.frame_eval import frame_mask_ap
+
+    images = batch["images"][0]
+    h, w = batch["image_sizes"][0]
+    method.eval()
+    preds = method.predict_frames(images, [(h, w)] * len(images), topk=20)
+    method.train()
+    predictions = [list(zip(p["scores"], p["labels"], p["masks"], strict=True)) for p in preds]
+    gts = [(t["labels"], t["masks"]) for t in batch["targets"][0]]
+    return frame_mask_ap(predictions, gts, num_classes=10)
+
+
+def test_tiny_segmenter_overfits_one_synthetic_clip():
     from vis_core.methods.detr_segmenter import DeformableDETRFrame, DetrFrameConfig
 
-    torch.manual_seed(0)
     batch = _synthetic_clip_batch()
-    method = DeformableDETRFrame(DetrFrameConfig(preset="tiny"))
-    optim = torch.optim.AdamW(method.parameters(), lr=1e-3, weight_decay=1e-4)
-    for _ in range(100):
+    assert [len(t["labels"]) for t in batch["targets"][0]] == [3, 3]
+    torch.manual_seed(0)
+    # 10 queries instead of 20: SimOTA gives a GT as many positives as its summed top IoUs, so with many spare
+    # queries 2-3 of them converge on each object with near-equal scores, and a duplicate in one frame can
+    # outrank the true positive of the same class in the other frame (an FP before full recall)
+    method = DeformableDETRFrame(DetrFrameConfig(preset="tiny", overrides={"num_queries": 10}))
+    max_steps, every = 250, 25
+    optim = torch.optim.AdamW(method.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=2e-3, total_steps=max_steps, pct_start=0.1)
+    history = []
+    for step in range(1, max_steps + 1):
         loss = sum(method(batch).values())
         optim.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(method.parameters(), 0.1)
         optim.step()
-    method.eval()
-    h, w = batch["image_sizes"][0]
-    preds = method.predict_frames(batch["images"][0], [(h, w)] * 2, topk=20)
-    predictions = [list(zip(p["scores"], p["labels"], p["masks"], strict=True)) for p in preds]
-    gts = [(t["labels"], t["masks"]) for t in batch["targets"][0]]
-    ap = frame_mask_ap(predictions, gts, num_classes=10)
-    # AP@0.5 reaches 100. AP@[.5:.95] cannot reach 90 here: the dynamic head predicts at stride 8, and even the
-    # exact signed distance of each mask sampled on that grid gives AP 81 on this clip (IoUs 0.80-0.93)
-    assert ap["AP50"] >= 90.0, ap
-    assert ap["AP"] >= 50.0, ap
+        sched.step()
+        if step % every == 0:
+            history.append((step, _clip_mask_ap(method, batch)))
+            if history[-1][1]["AP"] >= 90.0:
+                break
+    # seeds 0-4 all pass 90 by step 75-125 (then plateau at AP 95-97, AP50 100)
+    assert history[-1][1]["AP"] >= 90.0, history
 
 
 def test_frames_without_instances_train_the_classifier_only():

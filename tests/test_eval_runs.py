@@ -116,6 +116,9 @@ def test_malformed_strings_are_reported_with_their_index():
         decode_strings([good, good, good + "~"], h, w)
     assert info.value.index == 2 and "alphabet" in info.value.reason
     with pytest.raises(MalformedRLE) as info:
+        decode_strings([good, good[:1] + "~" + good[1:]], h, w)
+    assert info.value.index == 1 and "alphabet" in info.value.reason
+    with pytest.raises(MalformedRLE) as info:
         decode_strings([good, ""], h, w)
     assert info.value.index == 1 and "no runs" in info.value.reason
     with pytest.raises(MalformedRLE) as info:
@@ -136,3 +139,45 @@ def test_evaluate_names_the_prediction_with_a_malformed_string(tmp_path):
         evaluate(gt, res)
     msg = str(info.value)
     assert "video_id 1" in msg and "segmentations[1]" in msg and "expected height*width = 48" in msg
+
+
+@pytest.mark.parametrize("split", ["one_batch", "batch_per_video_small_blocks_int64"])
+def test_fast_evaluator_is_independent_of_batches_and_blocks(split, monkeypatch):
+    # batches of videos, decoding blocks and the run-end dtype are speed knobs: the numbers must not move
+    from vis_core.eval import build_params, fast
+    from vis_core.eval.evaluator import load_inputs
+    from vis_core.eval.reference import evaluate_reference
+    from vis_core.eval.summarize import summarize
+    from vis_core.eval.synthetic_case import make_case
+
+    gt, res = make_case(n_videos=5, n_frames=4, n_categories=3, crowded_objects=(4, 7), false_positives=5, seed=3)
+    gt, kept, _ = load_inputs(gt, res)
+    params = build_params(False)
+    want = summarize(evaluate_reference(gt, kept, params))
+    if split != "one_batch":
+        monkeypatch.setattr(fast, "_BATCH_POSITIONS", 1)
+        monkeypatch.setattr(runs, "_BLOCK", 64)
+        monkeypatch.setattr(runs, "_INT32_LINE", 0)
+    assert summarize(fast.evaluate_fast(gt, kept, params)) == want
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_load_json_leaves_the_garbage_collector_as_it_found_it(tmp_path, enabled):
+    import gc
+
+    from vis_core.data.ytvis import load_json, save_json
+
+    path = save_json([{"a": [1, 2]}] * 3, tmp_path / "x.json")
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        assert load_json(path) == [{"a": [1, 2]}] * 3
+        assert gc.isenabled() == enabled
+        with pytest.raises(VISFormatError):
+            load_json(save_json([], tmp_path / "bad.json").with_name("missing.json"))
+        (tmp_path / "broken.json").write_text("[{")
+        with pytest.raises(VISFormatError, match="malformed json"):
+            load_json(tmp_path / "broken.json")
+        assert gc.isenabled() == enabled
+    finally:
+        gc.enable() if was else gc.disable()

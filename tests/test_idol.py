@@ -156,6 +156,22 @@ def test_train_step_returns_all_losses_and_reaches_the_segmenter():
     assert all(p.grad is not None for p in method.reid_head.parameters())
 
 
+def test_reference_frame_gives_embeddings_but_no_detection_loss():
+    def losses(relabel):
+        batch = _batch()
+        if relabel:  # other classes in the reference frames only
+            for clip in batch["targets"]:
+                clip[1]["labels"] = (clip[1]["labels"] + 1) % 3
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return _method().train()(batch)
+
+    plain, relabelled = losses(False), losses(True)
+    assert plain["loss_ce"] == relabelled["loss_ce"] and plain["loss_ce_0"] == relabelled["loss_ce_0"]
+    # the reference labels enter the contrastive candidates' cost (positives are class-aware)
+    assert plain["loss_reid"] != relabelled["loss_reid"]
+
+
 def test_train_needs_key_reference_pairs():
     batch = _batch()
     batch["images"] = batch["images"][:, :1]

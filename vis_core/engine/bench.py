@@ -69,13 +69,13 @@ def measure(method: str, mode: str, num_frames: int, run: str | None = None, dev
     torch.manual_seed(0)
     model = _build(method, run).to(device)
     timing = VideoTiming()
+    category_ids = list(range(1, model.num_classes + 1))
     # warm-up on a few frames so that one-off allocations do not count as per-frame time
-    infer_video(model, pingpong_frames(3), (96, 160), 0, list(range(1, 100)), mode, device)
+    infer_video(model, pingpong_frames(3), (96, 160), 0, category_ids, mode, device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    results = infer_video(model, pingpong_frames(num_frames), (96, 160), 0, list(range(1, 100)), mode, device,
-                          timing)
+    results = infer_video(model, pingpong_frames(num_frames), (96, 160), 0, category_ids, mode, device, timing)
     wall = time.perf_counter() - start
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return {
@@ -101,7 +101,9 @@ def run_benchmarks(methods: list[str], modes: list[str], lengths: list[int], run
                        "--device", device, "--threads", str(threads)]
                 if runs and runs.get(method):
                     cmd += ["--child-run", runs[method]]
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode != 0:
+                    raise RuntimeError(f"benchmark {method}/{mode}/T={t} failed:\n{out.stderr[-3000:]}")
                 rec = json.loads(out.stdout.strip().splitlines()[-1])
                 records.append(rec)
                 if progress:

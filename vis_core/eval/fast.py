@@ -1,22 +1,23 @@
 """Fast YouTube-VIS / OVIS evaluator: the official numbers, computed without the per-frame Python loops.
 
-Same result as :mod:`vis_core.eval.reference` (tests cross-check them), organised for speed:
+Same result as :mod:`vis_core.eval.reference` (tests cross-check them, bit for bit), organised for speed:
 
-* **Video IoUs from one pycocotools call per frame.** A pair's video IoU is ``I / (A_d + A_g - I)`` with ``I``
-  the intersection summed over frames and ``A`` a track's area summed over frames: the union of a frame where
-  only one track is present is that track's area, and an absent (null) frame adds exactly what an empty mask
-  adds, nothing. So for every (video, category) and frame, one ``mask.iou`` call over all predictions x GTs
-  (each RLE string decoded once, non-overlapping boxes skipped in C) gives every per-frame quantity needed:
-  GT columns flagged *crowd* return ``i / area(d)``, a full-frame GT column returns ``area(d) / (H*W)``, and a
-  full-frame prediction row returns ``area(g) / (H*W)``; all are exact integers again after ``rint`` (values
-  are far below 2**52). Sums are exact integers, so ``I / U`` is bit-identical to the official float loop.
-* **Only the top ``maxDets[-1]`` predictions per (video, category)** are looked at, as in the official code;
-  the rest are never decoded.
-* **Greedy matching as sparse, batched numpy.** A pair with IoU < 0.5 can never match (every threshold is
-  >= 0.5), so only pairs with IoU >= 0.5 become candidate edges. All matching problems (video, category, GT
-  ignore pattern, IoU threshold) advance together, one prediction rank at a time: at each rank, every problem
-  takes its most preferred available edge: a non-ignored GT before an ignored one, then the higher IoU, then
-  the later GT in file order (the official scan keeps the last of equal IoUs).
+* **Masks decoded once, as arrays.** The prediction RLE strings of a batch of videos of one frame size (the
+  top ``maxDets[-1]`` predictions per (video, category) only, as in the official code) are decoded together
+  by :mod:`vis_core.eval.runs`, a numpy decoder of COCO's compressed counts; GT list counts are read as they
+  are. A null frame is the empty mask: it adds nothing to an intersection, a union or an area, as null does.
+* **Video IoUs from integer sums.** A pair's video IoU is ``I / (A_d + A_g - I)`` with ``I`` the intersection
+  summed over frames and ``A`` a track's area summed over frames (the union of a frame where only one track is
+  present is that track's area). All terms are exact integers, so the float division is bit-identical to the
+  official per-frame float loop.
+* **Only IoUs that can reach 0.5.** Every threshold is >= 0.5, so a pair below it never matches. A frame's
+  intersection is at most ``min(area_d, area_g, shared columns * GT height)``; pairs whose summed bound keeps
+  their IoU below 0.5 are never intersected (their IoU stays 0), and for the others only frames with a positive
+  bound are.
+* **Greedy matching as sparse, batched numpy.** Only pairs with IoU >= 0.5 become candidate edges. All matching
+  problems (video, category, GT ignore pattern, IoU threshold) advance together, one prediction rank at a time:
+  at each rank, every problem takes its most preferred available edge: a non-ignored GT before an ignored one,
+  then the higher IoU, then the later GT in file order (the official scan keeps the last of equal IoUs).
 * **Accumulation** per (category, maxDets) sorts once and evaluates all ranges and thresholds with array ops.
   Only the (area, occlusion) slices that the summary reads are computed; the others stay -1.
 """
@@ -41,6 +42,10 @@ from vis_core.eval.runs import (
 )
 from vis_core.eval.summarize import Accumulated, needed_slices
 
+_EMPTY_INT, _EMPTY_BOOL, _EMPTY_FLOAT = np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0)
+for _a in (_EMPTY_INT, _EMPTY_BOOL, _EMPTY_FLOAT):
+    _a.flags.writeable = False
+
 
 @dataclass
 class _Group:
@@ -50,16 +55,18 @@ class _Group:
     cat: int
     h: int
     w: int
+    n_frames: int
     gt_anns: list = field(default_factory=list)
-    gt_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    gt_ignore: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # always ignored (crowd)
-    gt_crowd: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # may absorb many predictions
-    gt_avg_area: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    gt_occ: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # (empty defaults are shared, read-only arrays: fields are replaced, never written into)
+    gt_ids: np.ndarray = field(default_factory=lambda: _EMPTY_INT)
+    gt_ignore: np.ndarray = field(default_factory=lambda: _EMPTY_BOOL)  # always ignored (crowd)
+    gt_crowd: np.ndarray = field(default_factory=lambda: _EMPTY_BOOL)  # may absorb many predictions
+    gt_avg_area: np.ndarray = field(default_factory=lambda: _EMPTY_FLOAT)
+    gt_occ: np.ndarray = field(default_factory=lambda: _EMPTY_FLOAT)
     dt_index: list = field(default_factory=list)  # into the results list: score order, top maxDets[-1]
-    dt_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    dt_avg_area: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    ious: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    dt_scores: np.ndarray = field(default_factory=lambda: _EMPTY_FLOAT)
+    dt_avg_area: np.ndarray = field(default_factory=lambda: _EMPTY_FLOAT)
+    ious: np.ndarray = field(default_factory=lambda: _EMPTY_FLOAT.reshape(0, 0))
 
 
 def _gt_avg_area(areas: list) -> float:
@@ -70,7 +77,9 @@ def _gt_avg_area(areas: list) -> float:
     """
     kept = [a for a in areas if a]
     if kept and all(type(a) is int for a in kept):
-        return sum(kept) / len(kept)
+        total = sum(kept)
+        if total < 2**53:
+            return total / len(kept)
     return average_area(areas)
 
 
@@ -84,7 +93,7 @@ def _build_groups(gt: YTVISAnnotations, results: list[dict], params: EvalParams)
             if ann["category_id"] in cats:
                 key = (vid, ann["category_id"])
                 if key not in groups:
-                    groups[key] = _Group(vid, ann["category_id"], video["height"], video["width"])
+                    groups[key] = _Group(vid, ann["category_id"], video["height"], video["width"], gt.video_length(vid))
                 groups[key].gt_anns.append(ann)
     for g in groups.values():
         anns = g.gt_anns
@@ -100,7 +109,7 @@ def _build_groups(gt: YTVISAnnotations, results: list[dict], params: EvalParams)
     for (vid, cat), idx in by_key.items():
         if (vid, cat) not in groups:
             video = gt.videos[vid]
-            groups[vid, cat] = _Group(vid, cat, video["height"], video["width"])
+            groups[vid, cat] = _Group(vid, cat, video["height"], video["width"], gt.video_length(vid))
         g = groups[vid, cat]
         scores = np.array([results[i]["score"] for i in idx], dtype=np.float64)
         order = np.argsort(-scores, kind="stable")[: params.max_dets[-1]]  # stable: file order breaks ties
@@ -109,16 +118,16 @@ def _build_groups(gt: YTVISAnnotations, results: list[dict], params: EvalParams)
     return groups
 
 
-def _where_result(results: list[dict], g: _Group, k: int, n_frames: int) -> str:
+def _where_result(results: list[dict], g: _Group, k: int) -> str:
     """Names the prediction and frame of mask ``k`` of group ``g`` (for error messages)."""
-    res = results[g.dt_index[k // n_frames]]
+    res = results[g.dt_index[k // g.n_frames]]
     return (
         f"result (video_id {res['video_id']}, category_id {res['category_id']}, score {res['score']}): "
-        f"segmentations[{k % n_frames}]"
+        f"segmentations[{k % g.n_frames}]"
     )
 
 
-def _prediction_runs(groups: list[_Group], results: list[dict], h: int, w: int, n_frames: int) -> MaskRuns:
+def _prediction_runs(groups: list[_Group], results: list[dict], h: int, w: int) -> MaskRuns:
     """All prediction masks of these groups (group, then score order, then frame) decoded at once.
 
     A null frame becomes the empty mask: it adds nothing to any intersection, union or area, as null does.
@@ -132,14 +141,13 @@ def _prediction_runs(groups: list[_Group], results: list[dict], h: int, w: int, 
     except MalformedRLE as e:
         k = e.index
         for g in groups:  # the group of mask k
-            n = len(g.dt_index) * n_frames
-            if k < n:
-                raise VISFormatError(f"{_where_result(results, g, k, n_frames)}: {e.reason}") from None
-            k -= n
+            if k < len(g.dt_index) * g.n_frames:
+                raise VISFormatError(f"{_where_result(results, g, k)}: {e.reason}") from None
+            k -= len(g.dt_index) * g.n_frames
         raise
 
 
-def _gt_runs(groups: list[_Group], h: int, w: int, n_frames: int) -> MaskRuns:
+def _gt_runs(groups: list[_Group], h: int, w: int) -> MaskRuns:
     """All GT masks of these groups (group, then file order, then frame); null frames become the empty mask.
 
     YouTube-VIS GT stores list counts, read as they are; polygons and string RLEs go through pycocotools first.
@@ -159,20 +167,24 @@ def _gt_runs(groups: list[_Group], h: int, w: int, n_frames: int) -> MaskRuns:
     except MalformedRLE as e:
         k = e.index
         for g in groups:
-            n = len(g.gt_anns) * n_frames
-            if k < n:
-                ann = g.gt_anns[k // n_frames]
+            if k < len(g.gt_anns) * g.n_frames:
+                ann = g.gt_anns[k // g.n_frames]
                 raise VISFormatError(
                     f"annotation (id {ann['id']}, video_id {ann['video_id']}): "
-                    f"segmentations[{k % n_frames}]: {e.reason}"
+                    f"segmentations[{k % g.n_frames}]: {e.reason}"
                 ) from None
-            k -= n
+            k -= len(g.gt_anns) * g.n_frames
         raise
 
 
-def _avg_area(areas: np.ndarray) -> np.ndarray:
-    """(N, T) frame areas -> mean of the non-zero ones per row (exact: an integer sum, one division), else 0."""
-    total, n_nonzero = areas.sum(axis=1), np.count_nonzero(areas, axis=1)
+def _avg_areas(areas: np.ndarray, n_tracks: list, n_frames: list) -> np.ndarray:
+    """Per track, the mean of its non-zero frame areas (exact: an integer sum, one division), else 0.
+
+    ``areas`` holds groups of ``n_tracks[k]`` tracks of ``n_frames[k]`` frames each, track after track.
+    """
+    starts = np.concatenate(([0], np.cumsum(np.repeat(n_frames, n_tracks))[:-1]))
+    total = np.add.reduceat(areas, starts)
+    n_nonzero = np.add.reduceat((areas > 0).view(np.int8), starts, dtype=np.int64)
     return np.divide(total, n_nonzero, out=np.zeros(len(total)), where=n_nonzero > 0)
 
 
@@ -188,53 +200,85 @@ class _Candidates:
     pair: np.ndarray  # (Q,) which pair
 
 
-def _candidates(g: _Group, dt: MaskRuns, gt: MaskRuns, gt_height: np.ndarray, dt_base: int, gt_base: int,
-                n_frames: int) -> _Candidates:
+def _candidates(g: _Group, dt: MaskRuns, gt: MaskRuns, gt_height: np.ndarray, dt_base: int, gt_base: int):
     """Pairs of a group whose IoU may reach 0.5, the lowest threshold (no other pair can ever match).
 
     A frame's intersection is at most ``min(area_d, area_g, shared columns * GT height)``; when these bounds
     summed over the video give ``3 * I_max < A_d + A_g``, the video IoU ``I / (A_d + A_g - I)`` stays below 0.5.
-    Only frames where the bound is positive need an intersection.
+    Pairs whose column extents over the whole video never meet are dropped first. Only frames where the bound
+    is positive need an intersection.
     """
-    D, G, T = len(g.dt_index), len(g.gt_ids), n_frames
+    D, G, T = len(g.dt_index), len(g.gt_ids), g.n_frames
     dsl, gsl = slice(dt_base, dt_base + D * T), slice(gt_base, gt_base + G * T)
-    da, ga = dt.area[dsl].reshape(D, 1, T), gt.area[gsl].reshape(1, G, T)
-    cols = np.minimum(dt.x1[dsl].reshape(D, 1, T), gt.x1[gsl].reshape(1, G, T))
-    cols -= np.maximum(dt.x0[dsl].reshape(D, 1, T), gt.x0[gsl].reshape(1, G, T)) - 1
-    bound = np.minimum(np.minimum(da, ga), np.maximum(cols, 0) * gt_height[gsl].reshape(1, G, T))  # (D, G, T)
-    total = bound.sum(axis=2)
-    base = da.sum(axis=2) + ga.sum(axis=2)
-    pd, pg = np.nonzero((3 * total >= base) & (total > 0))
-    k, t = np.nonzero(bound[pd, pg] > 0)
-    return _Candidates(pd, pg, base[pd, pg], dt_base + pd[k] * T + t, gt_base + pg[k] * T + t, k)
+    dx0, dx1 = dt.x0[dsl].reshape(D, T), dt.x1[dsl].reshape(D, T)
+    gx0, gx1 = gt.x0[gsl].reshape(G, T), gt.x1[gsl].reshape(G, T)
+    # column extent of each track over the video (empty frames have x0 > x1 and are left out)
+    d_lo, d_hi = np.where(dx0 <= dx1, dx0, dt.w).min(axis=1), dx1.max(axis=1)
+    g_lo, g_hi = np.where(gx0 <= gx1, gx0, gt.w).min(axis=1), gx1.max(axis=1)
+    pd, pg = np.nonzero(np.maximum(d_lo[:, None], g_lo[None, :]) <= np.minimum(d_hi[:, None], g_hi[None, :]))
+    da, ga = dt.area[dsl].reshape(D, T)[pd], gt.area[gsl].reshape(G, T)[pg]
+    cols = np.minimum(dx1[pd], gx1[pg]) - np.maximum(dx0[pd], gx0[pg]) + 1
+    bound = np.minimum(np.minimum(da, ga), np.maximum(cols, 0) * gt_height[gsl].reshape(G, T)[pg])  # (P, T)
+    total = bound.sum(axis=1)
+    base = da.sum(axis=1) + ga.sum(axis=1)
+    keep = np.flatnonzero((3 * total >= base) & (total > 0))
+    pd, pg, base = pd[keep], pg[keep], base[keep]
+    k, t = np.nonzero(bound[keep] > 0)
+    return _Candidates(pd, pg, base, dt_base + pd[k] * T + t, gt_base + pg[k] * T + t, k)
 
 
-def _video_overlaps(groups: list[_Group], results: list[dict], evaluated_cats: set, n_frames: int) -> None:
-    """Fill ``ious`` (D, G) and ``dt_avg_area`` (D,) of the groups of one video.
+# videos of one frame size are processed together (fewer, larger array operations) while their prediction
+# masks span at most this many positions on the virtual line (run ends stay int32)
+_BATCH_POSITIONS = 2**30
+
+
+def _batches(groups: dict[tuple, _Group], vid_ids: list) -> list[list[_Group]]:
+    """Groups of consecutive videos of one frame size, each batch short enough for int32 run ends."""
+    by_video = defaultdict(list)
+    for (vid, _), g in groups.items():
+        by_video[vid].append(g)
+    open_batches: dict[tuple, tuple[list, int]] = {}
+    out = []
+    for vid in vid_ids:
+        gs = by_video.get(vid, [])
+        if not gs:
+            continue
+        size = (gs[0].h, gs[0].w)
+        n = sum(len(g.dt_index) for g in gs) * gs[0].n_frames * size[0] * size[1]
+        batch, used = open_batches.get(size, ([], 0))
+        if batch and used + n > _BATCH_POSITIONS:
+            out.append(batch)
+            batch, used = [], 0
+        open_batches[size] = (batch + gs, used + n)
+    return out + [b for b, _ in open_batches.values() if b]
+
+
+def _batch_overlaps(groups: list[_Group], results: list[dict], evaluated_cats: set) -> None:
+    """Fill ``ious`` (D, G) and ``dt_avg_area`` (D,) of groups of videos of one frame size.
 
     Only IoUs that can reach the lowest threshold are computed; the others stay 0 (matching never looks at a
     pair below 0.5). A category with no regular GT anywhere is never evaluated: its numbers are never read.
     """
     for g in groups:
         g.ious, g.dt_avg_area = np.zeros((len(g.dt_index), len(g.gt_ids))), np.zeros(len(g.dt_index))
-    dt_groups = [g for g in groups if len(g.dt_index) and g.cat in evaluated_cats]
-    if not dt_groups or n_frames == 0:
+    dt_groups = [g for g in groups if len(g.dt_index) and g.n_frames and g.cat in evaluated_cats]
+    if not dt_groups:
         return
     h, w = dt_groups[0].h, dt_groups[0].w
-    dt = _prediction_runs(dt_groups, results, h, w, n_frames)
-    dt_base = np.cumsum([0] + [len(g.dt_index) * n_frames for g in dt_groups])
-    for g, b in zip(dt_groups, dt_base, strict=False):
-        g.dt_avg_area = _avg_area(dt.area[b : b + len(g.dt_index) * n_frames].reshape(-1, n_frames))
-    both = [(g, b) for g, b in zip(dt_groups, dt_base, strict=False) if len(g.gt_ids)]
+    dt = _prediction_runs(dt_groups, results, h, w)
+    dt_base = np.cumsum([0] + [len(g.dt_index) * g.n_frames for g in dt_groups])[:-1]
+    avg = _avg_areas(dt.area, [len(g.dt_index) for g in dt_groups], [g.n_frames for g in dt_groups])
+    row = 0
+    for g in dt_groups:
+        g.dt_avg_area, row = avg[row : row + len(g.dt_index)], row + len(g.dt_index)
+    both = [(g, b) for g, b in zip(dt_groups, dt_base, strict=True) if len(g.gt_ids)]
     if not both:
         return
-    gt = _gt_runs([g for g, _ in both], h, w, n_frames)
+    gt = _gt_runs([g for g, _ in both], h, w)
     table = column_table(gt)
     gt_height = table.y1 - table.y0 + 1
-    gt_base = np.cumsum([0] + [len(g.gt_ids) * n_frames for g, _ in both])
-    cands = [
-        _candidates(g, dt, gt, gt_height, b, gb, n_frames) for (g, b), gb in zip(both, gt_base, strict=False)
-    ]
+    gt_base = np.cumsum([0] + [len(g.gt_ids) * g.n_frames for g, _ in both])[:-1]
+    cands = [_candidates(g, dt, gt, gt_height, b, gb) for (g, b), gb in zip(both, gt_base, strict=True)]
     inter = pair_intersections(
         dt, gt, table, np.concatenate([c.mask_d for c in cands]), np.concatenate([c.mask_g for c in cands])
     )
@@ -277,9 +321,7 @@ def _match_all(problems: list[tuple[_Group, np.ndarray]], params: EvalParams) ->
         if len(d) == 0:
             continue
         iou = g.ious[d, k]
-        t_idx, e_idx = np.nonzero(
-            iou[None, :] >= thrs[:, None]
-        )  # one copy of an edge per threshold it passes
+        t_idx, e_idx = np.nonzero(iou[None, :] >= thrs[:, None])  # one copy of an edge per threshold it passes
         k = k[e_idx]
         cols["sub"].append(j * T + t_idx)
         cols["rank"].append(d[e_idx])
@@ -315,9 +357,7 @@ def _match_all(problems: list[tuple[_Group, np.ndarray]], params: EvalParams) ->
             matched[j, t, rank[pick]] = e["nonzero_id"][pick]
             ignored[j, t, rank[pick]] = e["ign"][pick]
     return [
-        _Matches(
-            matched[j, :, : len(g.dt_index)], ignored[j, :, : len(g.dt_index)], int(len(ign) - ign.sum())
-        )
+        _Matches(matched[j, :, : len(g.dt_index)], ignored[j, :, : len(g.dt_index)], int(len(ign) - ign.sum()))
         for j, (g, ign) in enumerate(problems)
     ]
 
@@ -335,11 +375,13 @@ def _pr_curves(tps: np.ndarray, fps: np.ndarray, npig: int, rec_thrs: np.ndarray
     rc = tp / npig
     pr = tp / (fp + tp + np.spacing(1))
     pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]  # envelope: non-increasing from the right
+    # np.searchsorted(rc[t], rec_thrs, "left") for every row at once, by comparisons only: rc[t, i] lies below
+    # rec_thrs[r] exactly when r >= (number of thresholds <= rc[t, i])
+    k = np.searchsorted(rec_thrs, rc, side="right") + (R + 1) * np.arange(T)[:, None]
+    inds = np.cumsum(np.bincount(k.ravel(), minlength=T * (R + 1)).reshape(T, R + 1), axis=1)[:, :R]
+    ok = inds < nd
     q = np.zeros((T, R))
-    for t in range(T):
-        inds = np.searchsorted(rc[t], rec_thrs, side="left")
-        ok = inds < nd
-        q[t, ok] = pr[t, inds[ok]]
+    q[ok] = pr[np.nonzero(ok)[0], inds[ok]]
     return q, rc[:, -1]
 
 
@@ -415,11 +457,8 @@ def evaluate_fast(gt: YTVISAnnotations, results: list[dict], params: EvalParams)
     groups = _build_groups(gt, results, params)
     cat_ids, vid_ids = gt.category_ids, gt.video_ids
     cats_with_gt = {c for (_, c), g in groups.items() if len(g.gt_ids) and not g.gt_ignore.all()}
-    by_video = defaultdict(list)
-    for (vid, _), g in groups.items():
-        by_video[vid].append(g)
-    for vid in vid_ids:
-        _video_overlaps(by_video.get(vid, []), results, cats_with_gt, gt.video_length(vid))
+    for batch in _batches(groups, vid_ids):
+        _batch_overlaps(batch, results, cats_with_gt)
     slices = needed_slices(params)
     problems, problem_of = _problems(groups, params, slices)
     matches = _match_all(problems, params)

@@ -226,10 +226,9 @@ class IDOL(DeformableDETRFrame):
         outputs = self.model(images, image_sizes=image_sizes)
         k = outputs["pred_logits"].shape[0] // len(targets)
         targets = targets * k  # BatchFormerV2 two streams: frames stay clip-major (key, ref) pairs in each
-        key_out = _select_frames(outputs, slice(0, None, 2))
-        ref_out = _select_frames(outputs, slice(1, None, 2))
-        key_t, ref_t = targets[0::2], targets[1::2]
+        key_out, key_t, ref_t = _select_frames(outputs, slice(0, None, 2)), targets[0::2], targets[1::2]
 
+        # detection losses on the key frames; the last layer's matching also gives the contrastive anchors
         matcher = self.criterion.matcher
         indices = [matcher(layer, key_t) for layer in key_out.get("aux_outputs", [])]
         last, anchors = matcher(key_out, key_t, return_best=True)
@@ -238,7 +237,7 @@ class IDOL(DeformableDETRFrame):
 
         embeds = self.reid_head(outputs["pred_embds"])
         reid = self.contrastive(embeds[0::2], embeds[1::2], anchors, key_t, ref_t,
-                                ref_out["pred_logits"], ref_out["pred_boxes"])
+                                outputs["pred_logits"][1::2], outputs["pred_boxes"][1::2])
         losses["loss_reid"] = reid["loss_reid"] * self.cfg.reid_weight
         losses["loss_reid_aux"] = reid["loss_reid_aux"] * self.cfg.reid_aux_weight
         if self.boundary_head is not None:
@@ -308,6 +307,11 @@ class IDOL(DeformableDETRFrame):
         if self.quality_head is not None and self.cfg.quality.use_at_test:
             frame["pred_quality"] = self.quality_head(out["pred_embds"][0])
         return frame
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of object classes (contiguous labels 0..K-1)."""
+        return self.model_cfg.num_classes
 
     def new_associator(self, output_size: tuple[int, int]) -> IDOLAssociator:
         return IDOLAssociator(IDOLTracker(self.tracker_cfg), output_size, self.model_cfg.mask_out_stride)

@@ -253,6 +253,11 @@ class MinVIS(Mask2FormerFrame):
             frame["pred_quality"] = self.quality_head(out["pred_embds"][0])
         return frame
 
+    @property
+    def num_classes(self) -> int:
+        """K, the number of object classes (contiguous labels 0..K-1)."""
+        return self.segmenter_cfg.num_classes
+
     def new_associator(self, output_size: tuple[int, int]) -> MinVISTracker:
         return MinVISTracker(
             self.segmenter.num_queries, output_size, self.cfg.topk, self.cfg.mask_threshold,
