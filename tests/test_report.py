@@ -60,7 +60,7 @@ def write_fixture(repro: Path, seeds=(0, 1), variants=OVIS_VARIANTS, with_extras
                 continue
             run = repro / "runs" / variant / f"seed{seed}"
             run.mkdir(parents=True, exist_ok=True)
-            lines = [{"iter": it, "loss": 5.0 / (1 + it / 10) + seed, "lr": 1e-4, "time": 0.1, "loss_ce": 1.0}
+            lines = [{"iteration": it, "loss": 5.0 / (1 + it / 10) + seed, "lr": 1e-4, "time": 0.1, "loss_ce": 1.0}
                      for it in range(0, 100, 10)]
             (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
             (run / "timing.json").write_text(json.dumps({"train": 12.5 + seed, "eval": 1.25}))
@@ -166,13 +166,13 @@ def test_load_run_info_params_and_overrides(tmp_path):
 def test_logs_and_bench_readers(tmp_path):
     write_fixture(tmp_path / "r")
     log = read_jsonl_log(tmp_path / "r" / "runs" / "baseline" / "seed1" / "metrics.jsonl")
-    assert [r["iter"] for r in log][:3] == [0, 10, 20]
+    assert [r["iteration"] for r in log][:3] == [0, 10, 20]
     from vis_core.report.plots import load_training_logs
 
     iters, means, counts = mean_curve(load_training_logs(tmp_path / "r" / "runs")["baseline"])
     assert iters[0] == 0 and means[0] == pytest.approx(5.5) and counts[0] == 2  # (5 + 6) / 2
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"iter": 0, "loss": 1.0}\n{"iter": 1, "loss": null}\n')
+    bad.write_text('{"iteration": 0, "loss": 1.0}\n{"iteration": 1, "loss": null}\n')
     with pytest.raises(ReportInputError, match=r"bad\.jsonl: line 2: field 'loss'"):
         read_jsonl_log(bad)
     bench = json.loads((tmp_path / "r" / "bench" / "latency.json").read_text())

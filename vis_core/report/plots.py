@@ -7,8 +7,8 @@ metadata, so an unchanged input gives a byte-identical figure (DVC sees no spuri
 Inputs:
 
 - training logs ``<runs_dir>/<variant>/seed<k>/metrics.jsonl``: one json object per logged iteration,
-  ``{"iter": int, "loss": float, "lr": float, "time": float, "<loss term>": float, ...}``
-  (only ``iter`` and ``loss`` are required by the plot);
+  ``{"iteration": int, "loss": float, "lr": float, "time": float, "<loss term>": float, ...}``
+  (only ``iteration`` and ``loss`` are required by the plot);
 - benchmark ``latency.json``::
 
       {"device": str,
@@ -51,14 +51,14 @@ def read_jsonl_log(path: str | os.PathLike) -> list[dict]:
                 raise ReportInputError(f"{path}: line {lineno}: malformed json: {e.msg}") from None
             if not isinstance(rec, dict):
                 raise ReportInputError(f"{path}: line {lineno}: expected a json object")
-            it, loss = rec.get("iter"), rec.get("loss")
+            it, loss = rec.get("iteration"), rec.get("loss")
             if isinstance(it, bool) or not isinstance(it, int) or it < 0:
-                raise ReportInputError(f"{path}: line {lineno}: field 'iter': expected an int >= 0, got {it}")
+                raise ReportInputError(f"{path}: line {lineno}: field 'iteration': expected an int >= 0, got {it}")
             if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not math.isfinite(loss):
                 raise ReportInputError(f"{path}: line {lineno}: field 'loss': expected a finite number, "
                                        f"got {loss}")
             records.append(rec)
-    return sorted(records, key=lambda r: r["iter"])
+    return sorted(records, key=lambda r: r["iteration"])
 
 
 def load_training_logs(runs_dir: str | os.PathLike) -> dict[str, dict[int, list[dict]]]:
@@ -84,7 +84,7 @@ def mean_curve(seeds: dict[int, list[dict]], key: str = "loss") -> tuple[list[in
     for records in seeds.values():
         for r in records:
             if key in r:
-                by_iter[r["iter"]].append(float(r[key]))
+                by_iter[r["iteration"]].append(float(r[key]))
     iters = sorted(by_iter)
     return iters, [math.fsum(by_iter[i]) / len(by_iter[i]) for i in iters], [len(by_iter[i]) for i in iters]
 
