@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vis_core.modeling.deformable_transformer import DeformableTransformerEncoderLayer
 from vis_core.modeling.frozen_bn import Conv2d, get_norm, group_norm_groups
 from vis_core.modeling.ms_deform_attn import MSDeformAttn
 from vis_core.modeling.position_encoding import PositionEmbeddingSine
@@ -58,44 +59,8 @@ def encoder_reference_points(spatial_shapes: torch.Tensor, batch: int, num_level
     return ref[None, :, None, :].expand(batch, -1, num_levels, -1)
 
 
-class MSDeformAttnEncoderLayer(nn.Module):
-    """Deformable self-attention + FFN, both post-norm residual, on ``(N, S, C)`` multi-level tokens."""
-
-    def __init__(
-        self,
-        d_model: int = 256,
-        d_ffn: int = 1024,
-        dropout: float = 0.0,
-        n_levels: int = 3,
-        n_heads: int = 8,
-        n_points: int = 4,
-    ):
-        super().__init__()
-        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
-        self.dropout1 = nn.Dropout(dropout)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
-        self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
-        self.dropout3 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(d_model)
-
-    def forward(
-        self,
-        src: torch.Tensor,
-        pos: torch.Tensor,
-        reference_points: torch.Tensor,
-        spatial_shapes: torch.Tensor,
-        level_start_index: torch.Tensor,
-    ) -> torch.Tensor:
-        src = self.norm1(
-            src
-            + self.dropout1(
-                self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index)
-            )
-        )
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
-        return self.norm2(src + self.dropout3(ffn))
+# Mask2Former's pixel-decoder layer is exactly Deformable DETR's encoder layer (same names, same post-norm order).
+MSDeformAttnEncoderLayer = DeformableTransformerEncoderLayer
 
 
 class MSDeformAttnEncoder(nn.Module):
