@@ -131,7 +131,26 @@ def make_item(
 
 
 # ----------------------------------------------------------------------------------------------- dataset
-class VISClipDataset(torch.utils.data.Dataset):
+class ClipDatasetBase(torch.utils.data.Dataset):
+    """What every training-clip dataset shares: ``category_ids`` (label -> category id), a ``length`` and an
+    ``epoch`` that, with the seed and the index, fixes each item's randomness (``set_epoch``)."""
+
+    category_ids: list[int]
+    length: int
+    epoch: int = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.category_ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class VISClipDataset(ClipDatasetBase):
     """Map-style dataset of training clips from a YouTube-VIS/OVIS annotation file.
 
     Args:
@@ -183,16 +202,6 @@ class VISClipDataset(torch.utils.data.Dataset):
                     f"{self.ann.name}: video {v}: field 'file_names' is needed to read frames"
                 )
         self.length = len(self.video_ids) if length is None else int(length)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.category_ids)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.length
 
     def sample_frames(self, length: int, rng: np.random.Generator) -> list[int]:
         if self.sampling == "pair":

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vis_core.data.clips import make_item, read_frame, to_tensor
+from vis_core.data.clips import ClipDatasetBase, make_item, read_frame, to_tensor
 from vis_core.data.transforms import ClipAugmentation, crop, resize, rotate
 from vis_core.data.ytvis import VISFormatError, decode_segmentation, load_json
 
@@ -126,7 +126,7 @@ def rotation_clip(
     return torch.cat(frames), torch.cat(tracks, 1)
 
 
-class PseudoVideoDataset(torch.utils.data.Dataset):
+class PseudoVideoDataset(ClipDatasetBase):
     """Pseudo-video training clips from a COCO-format instance set (same item format as VISClipDataset).
 
     Args:
@@ -181,16 +181,6 @@ class PseudoVideoDataset(torch.utils.data.Dataset):
                 f"{self.coco['name']}: no images with annotations of the requested categories"
             )
         self.length = len(self.image_ids) if length is None else int(length)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.category_ids)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.length
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.length:

@@ -16,25 +16,9 @@ import numpy as np
 OCCLUSION_SCORES = {"no_occlusion": 0.0, "slight_occlusion": 0.25, "severe_occlusion": 0.75}
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+# OVIS order: the AP block, then the AP occlusion splits, the AR block, then the AR occlusion splits
 OCCLUSION_STAT_NAMES = (
-    "AP",
-    "AP50",
-    "AP75",
-    "APs",
-    "APm",
-    "APl",
-    "AP_light",
-    "AP_medium",
-    "AP_heavy",
-    "AR1",
-    "AR10",
-    "AR100",
-    "ARs",
-    "ARm",
-    "ARl",
-    "AR_light",
-    "AR_medium",
-    "AR_heavy",
+    STAT_NAMES[:6] + ("AP_light", "AP_medium", "AP_heavy") + STAT_NAMES[6:] + ("AR_light", "AR_medium", "AR_heavy")
 )
 
 

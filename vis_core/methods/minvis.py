@@ -52,7 +52,7 @@ from vis_core.engine.config import from_dict as dataclass_from_dict
 from vis_core.methods.frame_segmenter import FrameMask2FormerConfig, Mask2FormerFrame, clip_batch_to_frames
 from vis_core.methods.registry import register_method
 from vis_core.modeling.batchformer import BatchFormerConfig, build_batchformer
-from vis_core.modeling.criterion import _average_over_processes
+from vis_core.modeling.criterion import average_over_processes
 from vis_core.modeling.heads.boundary import (
     BoundaryConfig,
     boundary_loss,
@@ -216,7 +216,7 @@ class MinVIS(Mask2FormerFrame):
         """
         pred_masks = outputs["pred_masks"]
         batch_idx, query_idx, gt = matched_targets_at(targets, indices, tuple(pred_masks.shape[-2:]))
-        num_masks = _average_over_processes(sum(len(t["labels"]) for t in targets), pred_masks.device)
+        num_masks = average_over_processes(sum(len(t["labels"]) for t in targets), pred_masks.device)
         embeds = outputs["pred_embds"][batch_idx, query_idx]  # (N, C)
         losses = {}
         if self.boundary_head is not None:

@@ -25,7 +25,7 @@ from vis_core.modeling.point_sampling import (
     point_sample,
 )
 
-__all__ = ["SetCriterion", "build_criterion", "pad_masks"]
+__all__ = ["SetCriterion", "average_over_processes", "build_criterion", "pad_masks"]
 
 
 def pad_masks(masks: list[Tensor]) -> Tensor:
@@ -35,7 +35,7 @@ def pad_masks(masks: list[Tensor]) -> Tensor:
     return torch.cat([F.pad(m, (0, width - m.shape[-1], 0, height - m.shape[-2])) for m in masks])
 
 
-def _average_over_processes(count: float, device: torch.device) -> float:
+def average_over_processes(count: float, device: torch.device) -> float:
     """Mean of ``count`` over the DDP processes, at least 1 (the loss normaliser of DETR-style criteria)."""
     value = torch.as_tensor([float(count)], dtype=torch.float, device=device)
     world = 1
@@ -140,7 +140,7 @@ class SetCriterion(nn.Module):
                 ``aux_outputs``, a list of dicts with the same two keys.
             targets: ``B`` dicts with ``labels (N_b,)`` int64 and ``masks (N_b, H, W)`` (bool or float).
         """
-        num_masks = _average_over_processes(
+        num_masks = average_over_processes(
             sum(len(t["labels"]) for t in targets), outputs["pred_logits"].device
         )
         layers = [{k: v for k, v in outputs.items() if k != "aux_outputs"}]
