@@ -70,26 +70,34 @@ class MaskRuns:
 
 
 # ------------------------------------------------------------------------------------------------- decoding
-def _token_values(c: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Characters (minus 48) -> (encoded numbers (N,) int32, positions of continuation chunks)."""
+def _token_values(c: np.ndarray, last: np.ndarray, cont: np.ndarray, number: np.ndarray) -> np.ndarray:
+    """Characters (minus 48) -> the encoded numbers (N,) int32.
+
+    ``last`` (chars,) marks each number's final chunk; ``cont`` are the positions of the other (continuation)
+    chunks, in order, and ``number`` the index of the number each belongs to.
+    """
     # a number's last chunk holds its sign in bit 4: (u ^ 16) - 16 sign-extends 5 bits
     u = c[last]
     u ^= 16
     values = np.subtract(u.view(np.int8), 16, dtype=np.int32)
-    cont = np.flatnonzero(~last)
-    if len(cont):  # numbers of several chunks (large runs): low chunks first, 5 bits each
-        number = cont - np.arange(len(cont))  # numbers that ended before a chunk = its number's index
-        first = np.ones(len(cont), dtype=bool)
-        first[1:] = number[1:] != number[:-1]
-        heads = np.flatnonzero(first)
-        n_low = np.diff(np.append(heads, len(cont)))
-        k = np.arange(len(cont)) - np.repeat(heads, n_low)  # chunk position inside its number
-        low = np.add.reduceat((c[cont] & 31).astype(np.int64) << (5 * k), heads)
-        idx = number[heads]
-        big = (values[idx].astype(np.int64) << (5 * n_low)) + low
-        # no run is longer than a frame: anything beyond int32 is garbage, kept so for the total check
-        values[idx] = np.clip(big, -(2**31), 2**31 - 1)
-    return values, cont
+    if not len(cont):
+        return values
+    low = (c[cont] & 31).astype(np.int32)
+    if len(cont) == 1 or np.diff(cont).min() > 1:  # two chunks at most (runs below 2**9): exact in int32
+        values[number] = (values[number] << 5) + low
+        return values
+    # numbers of three or more chunks: low chunks first, 5 bits each
+    first = np.ones(len(cont), dtype=bool)
+    first[1:] = number[1:] != number[:-1]
+    heads = np.flatnonzero(first)
+    n_low = np.diff(np.append(heads, len(cont)))
+    k = np.arange(len(cont)) - np.repeat(heads, n_low)  # chunk position inside its number
+    low = np.add.reduceat(low.astype(np.int64) << (5 * k), heads)
+    idx = number[heads]
+    big = (values[idx].astype(np.int64) << (5 * n_low)) + low
+    # no run is longer than a frame: anything beyond int32 is garbage, kept so for the total check
+    values[idx] = np.clip(big, -(2**31), 2**31 - 1)
+    return values
 
 
 def _undelta(values: np.ndarray, tok_ptr: np.ndarray) -> np.ndarray:
@@ -176,16 +184,16 @@ def _assemble(h: int, w: int, counts: np.ndarray, tok_ptr: np.ndarray, stats: li
     return MaskRuns(h, w, pos, tok_ptr, area, x0, x1)
 
 
-def decode_strings(strings: list, h: int, w: int) -> MaskRuns:
-    """COCO compressed RLE count strings (str or bytes) of n masks of size (h, w) -> :class:`MaskRuns`.
+# the strings of a batch are joined by this character: outside the RLE alphabet, so never inside a valid string
+_SEP = "~"
+_SEP_CODE = ord(_SEP) - 48  # as it reads after subtracting 48
+_ALPHABET_ERROR = "character outside the RLE alphabet (ascii 48-111)"
 
-    Raises :class:`MalformedRLE` (with the index of the first bad mask) for characters outside the format or
-    runs that are negative or do not add up to h*w.
-    """
-    n = len(strings)
-    lens = np.fromiter(map(len, strings), dtype=np.int64, count=n)
+
+def _joined(strings: list) -> bytes:
+    """The strings (str or bytes) joined by ``_SEP``, as ascii bytes."""
     try:
-        buf = "".join(strings).encode("ascii")
+        return _SEP.join(strings).encode("ascii")
     except (TypeError, UnicodeEncodeError):  # bytes, or stray non-ascii characters: go one by one
         parts = []
         for i, s in enumerate(strings):
@@ -193,29 +201,75 @@ def decode_strings(strings: list, h: int, w: int) -> MaskRuns:
                 parts.append(s.encode("ascii") if isinstance(s, str) else bytes(s))
             except UnicodeEncodeError:
                 raise MalformedRLE(i, "non-ascii character in the counts string") from None
-        buf = b"".join(parts)
-    char_ptr = np.concatenate(([0], np.cumsum(lens)))
+        return _SEP.encode().join(parts)
+
+
+def decode_strings(strings: list, h: int, w: int) -> MaskRuns:
+    """COCO compressed RLE count strings (str or bytes) of n masks of size (h, w) -> :class:`MaskRuns`.
+
+    Raises :class:`MalformedRLE` (with the index of the first bad mask) for characters outside the format or
+    runs that are negative or do not add up to h*w.
+    """
+    n = len(strings)
+    if n == 0:
+        return _assemble(h, w, np.zeros(0, np.int32), np.zeros(1, np.int64), [])
+    buf = _joined(strings)
+    try:
+        return _decode_joined(buf, n, h, w)
+    except MalformedRLE as e:
+        # a string holding the separator shifts every string after it: an error found there names the wrong
+        # string; errors before it stand
+        sep = _SEP if isinstance(strings[0], str) else _SEP.encode()
+        first = next((i for i, s in enumerate(strings) if sep in s), None)
+        if first is not None and first <= e.index:
+            raise MalformedRLE(first, _ALPHABET_ERROR) from None
+        raise
+
+
+def _decode_joined(buf: bytes, n: int, h: int, w: int) -> MaskRuns:
+    """:func:`decode_strings` of ``n`` strings joined by ``_SEP``, block by block of about ``_BLOCK`` characters.
+
+    Every character is either the final chunk of a number (a token) or not (a continuation chunk, a
+    separator, or a character outside the alphabet); string boundaries come from the separators.
+    """
     c = np.frombuffer(buf, dtype=np.uint8) - np.uint8(48)
-    blocks, tok_ptr, n_runs, stats = [], np.zeros(n + 1, dtype=np.int64), 0, []
-    cuts = _blocks(lens)
-    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
-        cp = char_ptr[a : b + 1] - char_ptr[a]
-        cb = c[char_ptr[a] : char_ptr[b]]
+    sep_byte = _SEP.encode()
+    blocks, stats, tok_ptr = [], [], np.zeros(n + 1, dtype=np.int64)
+    n_done = n_runs = start = 0
+    while True:
+        end = buf.find(sep_byte, start + _BLOCK) if start + _BLOCK < len(buf) else -1
+        end = len(buf) if end < 0 else end
+        cb = c[start:end]
         last = cb < 32
-        last[cp[1:][lens[a:b] > 0] - 1] = True  # a string's final character ends a number: no bleeding over
-        values, cont = _token_values(cb, last)
+        skip = np.flatnonzero(~last)
+        sep = skip[cb[skip] == _SEP_CODE]
+        k = len(sep) + 1  # strings in this block
+        if n_done + k > n:
+            raise MalformedRLE(n, "more strings than masks")  # (a separator inside a string: see the caller)
+        cp, ce = np.concatenate(([0], sep + 1)), np.append(sep, len(cb))  # string i: characters [cp[i], ce[i])
+        ends = ce[ce > cp] - 1
+        last[ends] = True  # a string's final character ends a number: no bleeding over
+        nontok = skip[~last[skip]]  # continuation chunks, separators, characters outside the alphabet
+        before = nontok - np.arange(len(nontok))  # tokens before each
+        is_cont = cb[nontok] != _SEP_CODE
+        cont = nontok[is_cont]
         # a character outside 48-111 is a continuation chunk or ends its string: only those need a look
-        suspects = np.concatenate((cont, cp[1:][lens[a:b] > 0] - 1))
+        suspects = np.concatenate((cont, ends))
         if len(suspects) and cb[suspects].max() >= 64:
             bad = suspects[cb[suspects] >= 64].min()
-            i = int(a + np.searchsorted(cp, bad, side="right") - 1)
-            raise MalformedRLE(i, "character outside the RLE alphabet (ascii 48-111)")
-        tp = cp - np.searchsorted(cont, cp)
+            raise MalformedRLE(int(n_done + np.searchsorted(cp, bad, side="right") - 1), _ALPHABET_ERROR)
+        values = _token_values(cb, last, cont, before[is_cont])
+        tp = np.concatenate(([0], before[~is_cont], [len(values)]))
         blocks.append(_undelta(values, tp))
-        stats.append(_mask_stats(blocks[-1], tp, h, w, a))
-        tok_ptr[a + 1 : b + 1] = tp[1:] + n_runs
-        n_runs += tp[-1]
-    counts = blocks[0] if len(blocks) == 1 else np.concatenate(blocks) if blocks else np.zeros(0, np.int32)
+        stats.append(_mask_stats(blocks[-1], tp, h, w, n_done))
+        tok_ptr[n_done + 1 : n_done + k + 1] = tp[1:] + n_runs
+        n_done, n_runs = n_done + k, n_runs + len(values)
+        if end == len(buf):
+            break
+        start = end + 1
+    if n_done != n:  # (cannot happen: n - 1 separators were put in)
+        raise MalformedRLE(n_done, "fewer strings than masks")
+    counts = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
     return _assemble(h, w, counts, tok_ptr, stats)
 
 
