@@ -8,7 +8,9 @@ videos, ~11,900 predictions with a mask in every frame) comes from ``vis_core.ev
 cached under ``--data-dir``. Every measurement runs in a fresh subprocess so that its peak RSS is its own:
 the child loads and validates the inputs, evaluates, and reports wall and CPU times per phase, its RSS after
 parsing the GT and the results, and its peak RSS. The fast path runs ``--repeats`` times (best time kept),
-the reference once. The JSON written to ``--out`` holds the raw measurements, the ratios and the machine load.
+with its compiled kernels when they are built ("fast") and again on its numpy code alone ("fast_numpy",
+``VIS_EVAL_KERNELS=numpy``); the reference runs once. The JSON written to ``--out`` holds the raw
+measurements, the ratios of each fast variant to the reference, and the machine load.
 """
 
 from __future__ import annotations
@@ -42,9 +44,11 @@ def child(impl: str, gt_path: str, res_path: str, occlusion: bool) -> dict:
         "fast": "vis_core.eval.fast:evaluate_fast",
         "reference": "vis_core.eval.reference:evaluate_reference",
     }
+    from vis_core.eval.runs import kernels_in_use
+
     module, fn = impls[impl].split(":")
     evaluate_impl = getattr(__import__(module, fromlist=[fn]), fn)
-    out = {"impl": impl, "rss_base_mb": _rss_mb()}
+    out = {"impl": impl, "kernels": "compiled" if kernels_in_use() else "numpy", "rss_base_mb": _rss_mb()}
     w0, c0 = time.perf_counter(), time.process_time()
     with gc_paused():
         gt = load_annotations(gt_path)
@@ -75,12 +79,13 @@ def child(impl: str, gt_path: str, res_path: str, occlusion: bool) -> dict:
     return out
 
 
-def _run_child(impl: str, gt_path: Path, res_path: Path, occlusion: bool) -> dict:
+def _run_child(impl: str, gt_path: Path, res_path: Path, occlusion: bool, numpy_only: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--child", impl, "--gt", str(gt_path), "--results", str(res_path)]
     if occlusion:
         cmd.append("--occlusion")
+    env = os.environ | ({"VIS_EVAL_KERNELS": "numpy"} if numpy_only else {})
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["process_wall_s"] = time.perf_counter() - t  # includes interpreter start and imports
     return out
@@ -110,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="runs of the fast path (best kept)")
     ap.add_argument("--reference-repeats", type=int, default=1)
     ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--skip-numpy", action="store_true", help="do not measure the fast path without its kernels")
     ap.add_argument("--occlusion", action="store_true", help="OVIS evaluation (18 stats)")
     ap.add_argument("--small", action="store_true", help="a tiny case: checks the pipeline in seconds")
     ap.add_argument("--seed", type=int, default=0)
@@ -125,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     gt_path, res_path = ensure_case(data_dir, args.small, args.seed)
     load_before = os.getloadavg()
     runs = {"fast": [_run_child("fast", gt_path, res_path, args.occlusion) for _ in range(args.repeats)]}
+    if not args.skip_numpy:
+        runs["fast_numpy"] = [
+            _run_child("fast", gt_path, res_path, args.occlusion, numpy_only=True) for _ in range(args.repeats)
+        ]
     if not args.skip_reference:
         runs["reference"] = [
             _run_child("reference", gt_path, res_path, args.occlusion) for _ in range(args.reference_repeats)
@@ -162,16 +172,26 @@ def main(argv: list[str] | None = None) -> int:
         },
         "runs": runs,
     }
+    report["kernels"] = {k: sorted({r["kernels"] for r in v}) for k, v in runs.items() if k != "reference"}
     if "reference" in best:
-        ref, fast = best["reference"], best["fast"]
-        report["ratios"] = {
-            "eval_wall": ref["eval_s"] / fast["eval_s"],
-            "eval_cpu": ref["eval_cpu_s"] / fast["eval_cpu_s"],
-            "end_to_end_wall": ref["total_s"] / fast["total_s"],
-            "end_to_end_cpu": ref["total_cpu_s"] / fast["total_cpu_s"],
+        ref = best["reference"]
+        ratios = {
+            variant: {
+                "eval_wall": ref["eval_s"] / best[variant]["eval_s"],
+                "eval_cpu": ref["eval_cpu_s"] / best[variant]["eval_cpu_s"],
+                "end_to_end_wall": ref["total_s"] / best[variant]["total_s"],
+                "end_to_end_cpu": ref["total_cpu_s"] / best[variant]["total_cpu_s"],
+            }
+            for variant in best
+            if variant != "reference"
         }
+        report["ratios"] = ratios.pop("fast") | ({"fast_numpy": ratios["fast_numpy"]} if ratios else {})
         report["max_abs_stat_diff"] = max(
-            abs(runs["reference"][0]["stats"][k] - f0["stats"][k]) for k in f0["stats"]
+            abs(runs["reference"][0]["stats"][k] - r["stats"][k])
+            for variant in best
+            if variant != "reference"
+            for r in runs[variant]
+            for k in r["stats"]
         )
     out = Path(args.out if not args.small else str(Path(args.out).with_suffix("")) + "_small.json")
     from vis_core.data.ytvis import save_json
@@ -179,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     save_json(report, out, indent=2)
     print(
         json.dumps(
-            {k: report[k] for k in ("case", "best", "memory", "ratios", "max_abs_stat_diff") if k in report},
+            {k: report[k] for k in ("case", "kernels", "best", "memory", "ratios", "max_abs_stat_diff") if k in report},
             indent=2,
         )
     )

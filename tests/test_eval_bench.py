@@ -25,8 +25,11 @@ def test_bench_eval_small(tmp_path):
     report = json.loads((tmp_path / "bench_small.json").read_text())
     assert report["max_abs_stat_diff"] == 0.0  # fast and reference agree on the benchmark input
     assert report["case"]["n_videos"] == 6 and report["case"]["n_predictions"] > 0
-    for impl in ("fast", "reference"):
+    for impl in ("fast", "fast_numpy", "reference"):
         b = report["best"][impl]
         assert 0 < b["eval_s"] and 0 < b["load_s"] and b["total_s"] >= b["eval_s"]
         assert b["peak_rss_mb"] >= report["memory"]["rss_after_results_mb"] > 0
-    assert set(report["ratios"]) == {"eval_wall", "eval_cpu", "end_to_end_wall", "end_to_end_cpu"}
+    assert report["kernels"]["fast_numpy"] == ["numpy"]  # the variant without kernels really ran without them
+    ratio_keys = {"eval_wall", "eval_cpu", "end_to_end_wall", "end_to_end_cpu"}
+    assert set(report["ratios"]) == ratio_keys | {"fast_numpy"}
+    assert set(report["ratios"]["fast_numpy"]) == ratio_keys

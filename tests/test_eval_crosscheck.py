@@ -18,6 +18,9 @@ from vis_core.eval.reference import evaluate_reference
 from vis_core.eval.summarize import needed_slices, per_category_stats, summarize
 from vis_core.eval.synthetic_case import case_from_masks
 
+# every test runs with the compiled kernels and with the numpy code (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("eval_kernels")
+
 SIZES = [(5, 6), (8, 8), (128, 128), (256, 256)]
 OCC = ["no_occlusion", "slight_occlusion", "severe_occlusion", None]
 SCORES = [0.0, 0.25, 0.5, 0.5, 0.75, 0.9, 1.0]

@@ -12,6 +12,9 @@ from vis_core.data.ytvis import VISFormatError, mask_to_rle, save_json
 from vis_core.eval import evaluate
 from vis_core.eval.synthetic_case import case_from_masks
 
+# every test runs with the compiled kernels and with the numpy code (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("eval_kernels")
+
 H, W = 6, 8
 
 

@@ -10,6 +10,9 @@ import pytest
 from vis_core.eval import evaluate
 from vis_core.eval.synthetic_case import case_from_masks
 
+# every test runs with the compiled kernels and with the numpy code (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("eval_kernels")
+
 IMPLS = ("reference", "fast")
 
 

@@ -1,5 +1,7 @@
 """The numpy RLE decoder and interval arithmetic of the fast evaluator agree exactly with pycocotools."""
 
+import os
+
 import numpy as np
 import pytest
 from pycocotools import mask as mask_util
@@ -181,3 +183,109 @@ def test_load_json_leaves_the_garbage_collector_as_it_found_it(tmp_path, enabled
         assert gc.isenabled() == enabled
     finally:
         gc.enable() if was else gc.disable()
+
+
+# ----------------------------------------------------------------------------------------- compiled kernels
+try:
+    from vis_core.eval import _rle_kernels
+except ImportError:
+    _rle_kernels = None
+
+needs_kernels = pytest.mark.skipif(_rle_kernels is None, reason="compiled kernels not built")
+
+
+def test_the_compiled_kernels_are_built():
+    # setup.py builds them on install (the package still works without a compiler, on the numpy code)
+    if os.environ.get("VIS_EVAL_KERNELS", "").lower() == "numpy":
+        pytest.skip("VIS_EVAL_KERNELS=numpy: the numpy code was asked for")
+    assert _rle_kernels is not None, "vis_core.eval._rle_kernels is not built: reinstall with a C compiler"
+    assert runs.kernels_in_use()
+
+
+def tracks_of(entries, frames_per_track):
+    return [entries[i : i + frames_per_track] for i in range(0, len(entries), frames_per_track)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("h,w", SIZES)
+def test_compiled_decoder_equals_the_numpy_decoder(h, w, monkeypatch):
+    monkeypatch.setattr(runs, "_rle_kernels", _rle_kernels)
+    rng = np.random.default_rng(7 * h + w)
+    n = 40 if h * w < 10**5 else 8
+    masks, strings = masks_and_strings(rng, h, w, n)
+    nulls = set(rng.choice(n, size=n // 5, replace=False).tolist())  # null frames: the empty mask
+    empty = mask_to_rle(np.zeros((h, w), np.uint8))["counts"]
+    for fmt in ("str", "list"):
+        entries = [
+            None if i in nulls else {"size": [h, w], "counts": s if fmt == "str" else counts_of(m)}
+            for i, (m, s) in enumerate(zip(masks, strings, strict=True))
+        ]
+        got = runs.decode_tracks(tracks_of(entries, 4), h, w, rows=True)
+        if fmt == "str":
+            want = decode_strings([empty if i in nulls else s for i, s in enumerate(strings)], h, w)
+        else:
+            want = runs_from_count_lists([[h * w] if i in nulls else counts_of(m) for i, m in enumerate(masks)], h, w)
+        np.testing.assert_array_equal(got.pos, want.pos.astype(np.int64))
+        for name in ("tok_ptr", "area", "x0", "x1"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+        table = column_table(want)  # pycocotools never writes zero-length runs: the row extents are equal
+        np.testing.assert_array_equal(got.y0, table.y0)
+        np.testing.assert_array_equal(got.y1, table.y1)
+
+
+@needs_kernels
+def test_compiled_decoder_reports_malformed_masks_as_the_numpy_decoder_does(monkeypatch):
+    monkeypatch.setattr(runs, "_rle_kernels", _rle_kernels)
+    h, w = 6, 8
+    good = mask_to_rle(np.ones((h, w), np.uint8))["counts"]
+    short = mask_to_rle(np.ones((h, w - 1), np.uint8))["counts"]
+    cases = [
+        [good, short],
+        [good, good, good + "~"],
+        [good, good[:1] + "~" + good[1:]],
+        [good, ""],
+        [good, good[:-1] + " "],
+    ]
+    for strings in cases:
+        with pytest.raises(MalformedRLE) as want:
+            decode_strings(strings, h, w)
+        with pytest.raises(MalformedRLE) as got:
+            runs.decode_tracks([[{"counts": s} for s in strings]], h, w)
+        assert (got.value.index, got.value.reason) == (want.value.index, want.value.reason)
+    for lists in ([[48], [50, -2]], [[48], [40]], [[48], []]):
+        with pytest.raises(MalformedRLE) as want:
+            runs_from_count_lists(lists, h, w)
+        with pytest.raises(MalformedRLE) as got:
+            runs.decode_tracks([[{"counts": c} for c in lists]], h, w)
+        assert (got.value.index, got.value.reason) == (want.value.index, want.value.reason)
+
+
+@needs_kernels
+def test_compiled_decoder_leaves_other_inputs_to_the_numpy_code(monkeypatch):
+    monkeypatch.setattr(runs, "_rle_kernels", _rle_kernels)
+    h, w = 6, 8
+    good = mask_to_rle(np.ones((h, w), np.uint8))["counts"]
+    assert runs.decode_tracks([[{"counts": good}]], h, w) is not None
+    assert runs.decode_tracks([[{"counts": good.encode()}]], h, w).area[0] == h * w  # bytes: decoded as well
+    for odd in ([[0.0, 1.0, 2.0, 3.0]], {"counts": [48.0]}, {"counts": good + "é"}, {"counts": None}):
+        assert runs.decode_tracks([[odd]], h, w) is None  # polygons, float counts, non-ascii, garbage
+    monkeypatch.setattr(runs, "_rle_kernels", None)
+    assert runs.decode_tracks([[{"counts": good}]], h, w) is None
+
+
+@needs_kernels
+@pytest.mark.parametrize("h,w", SIZES)
+def test_compiled_intersections_equal_the_numpy_ones(h, w, monkeypatch):
+    rng = np.random.default_rng(3 * h + w)
+    n = 24 if h * w < 10**5 else 6
+    dt_masks, dt_strings = masks_and_strings(rng, h, w, n)
+    gt_masks = [random_mask(rng, h, w) for _ in range(n)]
+    monkeypatch.setattr(runs, "_rle_kernels", _rle_kernels)
+    dt = runs.decode_tracks([[{"counts": s} for s in dt_strings]], h, w)
+    gt = runs.decode_tracks([[{"counts": counts_of(m)} for m in gt_masks]], h, w, rows=True)
+    d, g = (a.ravel() for a in np.meshgrid(np.arange(n), np.arange(n), indexing="ij"))
+    got = runs.intersections(dt, gt, d, g)
+    want = [int((dt_masks[i] & gt_masks[j]).sum()) for i, j in zip(d, g, strict=True)]
+    np.testing.assert_array_equal(got, want)
+    monkeypatch.setattr(runs, "_rle_kernels", None)
+    np.testing.assert_array_equal(runs.intersections(dt, gt, d, g), want)  # numpy path on the same runs

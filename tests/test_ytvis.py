@@ -167,3 +167,19 @@ def test_track_stats():
     rle = ytvis.mask_to_rle(_mask())
     areas, boxes = ytvis.track_stats([rle, None])
     assert areas == [4, None] and boxes == [[2.0, 1.0, 2.0, 2.0], None]
+
+
+def test_load_json_reads_nan_and_infinity_and_names_bytes_that_are_not_utf8(tmp_path):
+    import math
+
+    from vis_core.data.ytvis import load_json
+
+    p = tmp_path / "odd.json"
+    p.write_text('[{"score": NaN}, {"score": Infinity}, {"score": -Infinity}, {"x": 1e400}, "\\ud800"]')
+    got = load_json(p)
+    assert math.isnan(got[0]["score"]) and got[1]["score"] == math.inf and got[2]["score"] == -math.inf
+    assert got[3]["x"] == math.inf and got[4] == "\ud800"
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(b'{"a": "\xff"}')
+    with pytest.raises(VISFormatError, match="bad.json: not utf-8"):
+        load_json(bad)

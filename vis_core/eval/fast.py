@@ -35,9 +35,9 @@ from vis_core.eval.params import EvalParams, average_area, occlusion_score
 from vis_core.eval.runs import (
     MalformedRLE,
     MaskRuns,
-    column_table,
     decode_strings,
-    pair_intersections,
+    decode_tracks,
+    intersections,
     runs_from_count_lists,
 )
 from vis_core.eval.summarize import Accumulated, needed_slices
@@ -132,11 +132,17 @@ def _prediction_runs(groups: list[_Group], results: list[dict], h: int, w: int) 
 
     A null frame becomes the empty mask: it adds nothing to any intersection, union or area, as null does.
     """
-    empty = mask_util.frPyObjects([{"size": [h, w], "counts": [h * w]}], h, w)[0]["counts"].decode("ascii")
-    strings = [
-        s["counts"] if s is not None else empty for g in groups for i in g.dt_index for s in results[i]["segmentations"]
-    ]
     try:
+        runs = decode_tracks([results[i]["segmentations"] for g in groups for i in g.dt_index], h, w)
+        if runs is not None:
+            return runs
+        empty = mask_util.frPyObjects([{"size": [h, w], "counts": [h * w]}], h, w)[0]["counts"].decode("ascii")
+        strings = [
+            s["counts"] if s is not None else empty
+            for g in groups
+            for i in g.dt_index
+            for s in results[i]["segmentations"]
+        ]
         return decode_strings(strings, h, w)
     except MalformedRLE as e:
         k = e.index
@@ -152,9 +158,12 @@ def _gt_runs(groups: list[_Group], h: int, w: int) -> MaskRuns:
 
     YouTube-VIS GT stores list counts, read as they are; polygons and string RLEs go through pycocotools first.
     """
-    segs = [s for g in groups for a in g.gt_anns for s in a["segmentations"]]
-    full = [h * w]
     try:
+        runs = decode_tracks([a["segmentations"] for g in groups for a in g.gt_anns], h, w, rows=True)
+        if runs is not None:
+            return runs
+        segs = [s for g in groups for a in g.gt_anns for s in a["segmentations"]]
+        full = [h * w]
         try:  # list counts (or null) everywhere: no conversion at all
             lists = [s["counts"] if s else full for s in segs]
             fast = set(map(type, lists)) == {list}
@@ -275,12 +284,12 @@ def _batch_overlaps(groups: list[_Group], results: list[dict], evaluated_cats: s
     if not both:
         return
     gt = _gt_runs([g for g, _ in both], h, w)
-    table = column_table(gt)
-    gt_height = table.y1 - table.y0 + 1
+    y0, y1 = gt.rows()
+    gt_height = y1 - y0 + 1
     gt_base = np.cumsum([0] + [len(g.gt_ids) * g.n_frames for g, _ in both])[:-1]
     cands = [_candidates(g, dt, gt, gt_height, b, gb) for (g, b), gb in zip(both, gt_base, strict=True)]
-    inter = pair_intersections(
-        dt, gt, table, np.concatenate([c.mask_d for c in cands]), np.concatenate([c.mask_g for c in cands])
+    inter = intersections(
+        dt, gt, np.concatenate([c.mask_d for c in cands]), np.concatenate([c.mask_g for c in cands])
     )
     start = 0
     for (g, _), c in zip(both, cands, strict=True):
