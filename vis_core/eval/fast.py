@@ -4,8 +4,9 @@ Same result as :mod:`vis_core.eval.reference` (tests cross-check them, bit for b
 
 * **Masks decoded once, as arrays.** The prediction RLE strings of a batch of videos of one frame size (the
   top ``maxDets[-1]`` predictions per (video, category) only, as in the official code) are decoded together
-  by :mod:`vis_core.eval.runs`, a numpy decoder of COCO's compressed counts; GT list counts are read as they
-  are. A null frame is the empty mask: it adds nothing to an intersection, a union or an area, as null does.
+  by :mod:`vis_core.eval.runs`: its compiled kernel when built (``setup.py``), else its numpy decoder of COCO's
+  compressed counts; GT list counts are read as they are. A null frame is the empty mask: it adds nothing to
+  an intersection, a union or an area, as null does.
 * **Video IoUs from integer sums.** A pair's video IoU is ``I / (A_d + A_g - I)`` with ``I`` the intersection
   summed over frames and ``A`` a track's area summed over frames (the union of a frame where only one track is
   present is that track's area). All terms are exact integers, so the float division is bit-identical to the
