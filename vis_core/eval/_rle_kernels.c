@@ -293,6 +293,10 @@ static PyObject *intersections(PyObject *self, PyObject *args) {
             PyErr_SetString(PyExc_ValueError, "d, g and out must have the same length");
             goto done;
         }
+        if (n_dt < 0 || n_gt < 0 || dtok[n_dt] > b[0].len / 8 || gtok[n_gt] > b[2].len / 8) {
+            PyErr_SetString(PyExc_ValueError, "tok_ptr points past the run ends");
+            goto done;
+        }
         for (Py_ssize_t k = 0; k < n; k++)
             if (d[k] < 0 || d[k] >= n_dt || g[k] < 0 || g[k] >= n_gt) {
                 PyErr_SetString(PyExc_IndexError, "mask index out of range");

@@ -332,8 +332,8 @@ def decode_tracks(tracks: list, h: int, w: int, rows: bool = False) -> MaskRuns 
     """All masks of ``tracks`` (lists of per-frame segmentations: RLE dicts with compressed or list counts, or
     None for an empty frame), track after track, by the compiled kernel; ``rows``: fill ``y0, y1`` too.
 
-    Returns None when the kernel is not in use or an entry needs the numpy path (polygons, bytes-like oddities,
-    non-ascii strings, non-int counts); raises :class:`MalformedRLE` like :func:`decode_strings`.
+    Returns None when the kernel is not in use or an entry needs the numpy path (polygons, non-ascii strings,
+    non-int counts, anything but a list of lists); raises :class:`MalformedRLE` like :func:`decode_strings`.
     """
     if _rle_kernels is None:
         return None
