@@ -302,8 +302,6 @@ def _decode_joined(buf: bytes, n: int, h: int, w: int) -> MaskRuns:
         if end == len(buf):
             break
         start = end + 1
-    if n_done != n:  # (cannot happen: n - 1 separators were put in)
-        raise MalformedRLE(n_done, "fewer strings than masks")
     counts = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
     return _assemble(h, w, counts, tok_ptr, stats)
 
