@@ -104,7 +104,7 @@ def test_vis_train_cli_and_frame_ap_on_synthetic(synthetic, tmp_path, capsys):
     # class 2 / mask 5 / dice 5 on the final layer and the one auxiliary (initial-query) prediction
     assert {"loss_ce", "loss_mask", "loss_dice", "loss_ce_0", "loss_mask_0", "loss_dice_0"} <= set(rows[0])
     method = load_trained_method(tmp_path / "run" / "last.pth")
-    assert method.segmenter.num_queries == 5 and method.segmenter.num_classes == 10  # filled from the json
+    assert method.segmenter.num_queries == 5 and method.segmenter.num_classes == 5  # filled from the json
     from vis_core.data.clips import VISClipDataset
 
     valid = VISClipDataset(synthetic / "valid" / "instances.json", synthetic / "valid" / "JPEGImages")

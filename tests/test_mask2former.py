@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from vis_core.data.synthetic import render_video
+from vis_core.data.shapes import SHAPE_NAMES
+from vis_core.data.synthetic import make_config, render_video
 from vis_core.engine.frame_eval import frame_mask_ap
 from vis_core.methods.frame_segmenter import instance_inference
 from vis_core.modeling.criterion import build_criterion
@@ -252,8 +253,8 @@ def test_config_presets():
 
 
 def _synthetic_clip(num_frames: int = 2):
-    """Two frames of synthetic clip 3 (four instances, two of them the same category)."""
-    video = render_video("ytvis", seed=0, index=3)
+    """Two frames of synthetic clip 1 of the ten-shape ytvis set (four instances, three of one category)."""
+    video = render_video(make_config("ytvis", shapes=SHAPE_NAMES), seed=0, index=1)
     frames = list(range(0, video.length, video.length // num_frames))[:num_frames]
     images = torch.from_numpy(video.frames[frames]).permute(0, 3, 1, 2).float()
     targets = []

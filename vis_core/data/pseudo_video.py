@@ -126,6 +126,31 @@ def rotation_clip(
     return torch.cat(frames), torch.cat(tracks, 1)
 
 
+def pseudo_clip(
+    image: torch.Tensor,
+    masks: torch.Tensor,
+    rng: np.random.Generator,
+    augment: ClipAugmentation,
+    mode: str = "crop_pair",
+    num_frames: int = 2,
+    *,
+    crop_prob: float = 0.5,
+    crop_range: tuple[float, float] = (0.64, 1.0),
+    max_angle: float = 30.0,
+):
+    """(3, H, W) image + (N, H, W) masks -> (T, 3, h, w) pseudo clip + (N, T, h, w) tracks: the pseudo motion
+    of ``mode``, then ``augment``'s clip-level flip. ``augment``'s multi-scale resize is drawn first and folded
+    into the motion's resampling (one interpolation, so thin masks cannot drift against the image)."""
+    if mode not in MODES:
+        raise ValueError(f"pseudo_clip: mode must be one of {MODES}, got {mode!r}")
+    params = augment.sample(rng, *image.shape[-2:])
+    if mode == "crop_pair":
+        images, tracks = crop_pair_clip(image, masks, rng, num_frames, crop_prob, crop_range, params["size"])
+    else:
+        images, tracks = rotation_clip(image, masks, rng, num_frames, max_angle, params["size"])
+    return augment.apply(images, tracks, params)
+
+
 class PseudoVideoDataset(ClipDatasetBase):
     """Pseudo-video training clips from a COCO-format instance set (same item format as VISClipDataset).
 
@@ -196,16 +221,10 @@ class PseudoVideoDataset(ClipDatasetBase):
         masks = torch.zeros((len(anns), H, W), dtype=torch.bool)
         for i, a in enumerate(anns):
             masks[i] = torch.from_numpy(decode_segmentation(a["segmentation"], H, W).astype(bool))
-        image = to_tensor(frame)
-        # the clip-level resize/flip is drawn first: pseudo motion and resize then take one resampling
-        params = self.augment.sample(rng, H, W)
-        if self.mode == "crop_pair":
-            images, tracks = crop_pair_clip(
-                image, masks, rng, self.num_frames, self.crop_prob, self.crop_range, params["size"]
-            )
-        else:
-            images, tracks = rotation_clip(image, masks, rng, self.num_frames, self.max_angle, params["size"])
-        images, tracks = self.augment.apply(images, tracks, params)
+        images, tracks = pseudo_clip(
+            to_tensor(frame), masks, rng, self.augment, self.mode, self.num_frames,
+            crop_prob=self.crop_prob, crop_range=self.crop_range, max_angle=self.max_angle,
+        )
         labels = torch.tensor([self._label[a["category_id"]] for a in anns], dtype=torch.int64)
         ids = torch.tensor([a["id"] for a in anns], dtype=torch.int64)
         return make_item(images, tracks, labels, ids, image_id, range(self.num_frames))

@@ -1,13 +1,16 @@
 """Shape rasterisers and instance textures for the synthetic VIS generator.
 
-Every category of the synthetic datasets is a *shape*; colour and texture are drawn per instance, so a model
-can only tell categories apart by their outline. A shape is a predicate on object-local coordinates ``(u,
-v)``: the pixel offset from the object centre, rotated by ``-angle`` and divided by the object radius ``s``
-(pixels), so every shape fits the unit disk. ``v`` points down, like image rows.
+Every category of the synthetic datasets is a *shape* (a dataset names its shapes) with a *typical look*, the
+way real categories have a typical appearance: category ``k`` has its own hue and texture
+(:func:`category_appearance`), and every instance varies around them (hue, saturation, brightness, texture
+scale and direction, second colour). A configurable share of instances gets a random, atypical look instead
+(:func:`random_appearance`), so the outline must still carry the category. A shape is a predicate on
+object-local coordinates ``(u, v)``: the pixel offset from the object centre, rotated by ``-angle`` and divided
+by the object radius ``s`` (pixels), so every shape fits the unit disk. ``v`` points down, like image rows.
 
 Shapes are chosen to stay distinguishable at the smoke resolution (96x160, radii of 10-25 px) and under
 rotation (no square/diamond pair): filled disk, square, triangle, five-point star, ring, plus-shaped cross,
-crescent, arrow, heart and L-shaped ell.
+crescent, arrow, heart, L-shaped ell and pill (capsule).
 """
 
 from __future__ import annotations
@@ -108,7 +111,13 @@ def _ell(u, v):
     return _polygon(u, v, _ELL)
 
 
-# name -> predicate; category ids are 1 + the index in this order
+def _pill(u, v):
+    # a capsule: a 0.9 x 0.9 core with round ends, 2:1 long; a chunky outline unlike any other shape here
+    du = np.maximum(np.abs(u) - 0.45, 0.0)
+    return du * du + v * v <= 0.45**2
+
+
+# name -> predicate; a dataset's categories are a selection of these names (``SynthConfig.shapes``)
 SHAPES: dict[str, ShapeFn] = {
     "circle": _circle,
     "square": _square,
@@ -120,6 +129,7 @@ SHAPES: dict[str, ShapeFn] = {
     "arrow": _arrow,
     "heart": _heart,
     "ell": _ell,
+    "pill": _pill,
 }
 SHAPE_NAMES: tuple[str, ...] = tuple(SHAPES)
 
@@ -158,7 +168,7 @@ def rasterize(shape: str, cx: float, cy: float, s: float, angle: float, height: 
         return (y0, max(y0, y1), x0, max(x0, x1)), empty.astype(bool), empty, empty
     xs = np.arange(x0, x1, dtype=np.float64) + 0.5 - cx
     ys = np.arange(y0, y1, dtype=np.float64) + 0.5 - cy
-    dx, dy = np.meshgrid(xs, ys)
+    dx, dy = xs[None, :], ys[:, None]  # broadcast to the (h, w) window below
     c, sn = np.cos(angle), np.sin(angle)
     u = (c * dx + sn * dy) / s
     v = (-sn * dx + c * dy) / s
@@ -197,27 +207,31 @@ class Appearance:
     __hash__ = None
 
 
+def _hsv_color(h: float, s: float, v: float) -> np.ndarray:
+    """RGB (0..255 floats) of hue ``h`` in sextants [0, 6), saturation ``s`` in [0, 1], value ``v`` in 0..255."""
+    h = h % 6.0
+    c = v * s
+    x = c * (1 - abs(h % 2 - 1))
+    rgb = [(c, x, 0), (x, c, 0), (0, c, x), (0, x, c), (x, 0, c), (c, 0, x)][int(h)]
+    return np.array(rgb) + (v - c)
+
+
 def _random_color(rng: np.random.Generator) -> np.ndarray:
     """A saturated colour: random hue, high saturation, medium-high value (stands out from backgrounds)."""
     h = rng.uniform(0, 6)
     s = rng.uniform(0.55, 1.0)
     v = rng.uniform(150, 255)
-    x = v * s * (1 - abs(h % 2 - 1))
-    c = v * s
-    i = int(h)
-    rgb = [(c, x, 0), (x, c, 0), (0, c, x), (0, x, c), (x, 0, c), (c, 0, x)][i]
-    m = v - c
-    return np.array(rgb) + m
+    return _hsv_color(h, s, v)
 
 
-def random_appearance(rng: np.random.Generator) -> Appearance:
-    """Draw a random colour/texture; the category never depends on it."""
-    texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
-    c1 = _random_color(rng)
-    # second colour: clearly different brightness so stripes/checkers stay visible after JPEG
-    c2 = np.clip(c1 * rng.uniform(0.25, 0.55) + rng.uniform(0, 60, size=3), 0, 255)
-    if rng.random() < 0.5:
-        c1, c2 = c2, c1
+def _appearance(rng: np.random.Generator, texture: str, c1: np.ndarray, c2: np.ndarray | None = None) -> Appearance:
+    """The look of an instance of main colour ``c1``; without ``c2`` a second colour of clearly different
+    brightness (so stripes and checkers survive JPEG) is drawn, in either order. Texture scale, direction and
+    the "noise" lattice are drawn per instance."""
+    if c2 is None:
+        c2 = np.clip(c1 * rng.uniform(0.25, 0.55) + rng.uniform(0, 60, size=3), 0, 255)
+        if rng.random() < 0.5:
+            c1, c2 = c2, c1
     lattice = c1 + rng.normal(0, 45, size=(6, 6, 3))
     return Appearance(
         texture=texture,
@@ -227,6 +241,37 @@ def random_appearance(rng: np.random.Generator) -> Appearance:
         angle=float(rng.uniform(0, np.pi)),
         lattice=np.clip(np.round(lattice, 1), 0, 255),
     )
+
+
+def random_appearance(rng: np.random.Generator) -> Appearance:
+    """Draw a random colour/texture, independent of the category (an atypical instance)."""
+    texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
+    return _appearance(rng, texture, _random_color(rng))
+
+
+# Category k's typical look (of K categories): hue ``category_hue(k, K)`` (sextants; neighbouring ids far apart on
+# the colour wheel) and texture CATEGORY_TEXTURES[k]. Categories may share a texture, never a hue.
+CATEGORY_TEXTURES: tuple[str, ...] = tuple(TEXTURES[k % len(TEXTURES)] for k in range(len(SHAPE_NAMES)))
+HUE_JITTER = 0.15  # +- sextants (9 degrees) around the category hue; with 10 categories hues are 36 degrees apart
+
+
+def category_hue(category: int, num_categories: int = len(SHAPE_NAMES)) -> float:
+    """Hue (sextants, 0..6) of category ``category`` of ``num_categories``: evenly spread, stepping by a
+    stride coprime to K so that consecutive ids are far apart."""
+    step = next(s for s in (3, 2, 1) if np.gcd(s, num_categories) == 1 or s == 1)
+    return (category * step * 6.0 / num_categories) % 6.0
+
+
+def category_appearance(rng: np.random.Generator, category: int,
+                        num_categories: int = len(SHAPE_NAMES)) -> Appearance:
+    """A typical look of category index ``category`` (0-based) of ``num_categories``: its main colour has the
+    category's hue +- ``HUE_JITTER`` with per-instance saturation and brightness, its second colour the same
+    hue, darker and paler (so the whole instance reads as the category's colour), and the category's texture
+    with per-instance scale and direction."""
+    h = category_hue(category, num_categories) + rng.uniform(-HUE_JITTER, HUE_JITTER)
+    c1 = _hsv_color(h, rng.uniform(0.6, 1.0), rng.uniform(170, 255))
+    c2 = _hsv_color(h, rng.uniform(0.3, 0.6), rng.uniform(60, 120))
+    return _appearance(rng, CATEGORY_TEXTURES[category], c1, c2)
 
 
 def texture_colors(app: Appearance, u: np.ndarray, v: np.ndarray) -> np.ndarray:

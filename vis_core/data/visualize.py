@@ -187,13 +187,26 @@ def show_video(
     stride: int | None = None,
     cols: int = 4,
     scale: int = 2,
+    with_gt: bool = False,
 ) -> Image.Image:
     """Contact sheet of one video of a YouTube-VIS/OVIS annotation file (path, dict or YTVISAnnotations).
 
     Draws the ground truth (ids = annotation ids), or, with ``results`` (entries of a results file), the
-    predictions of that video scoring at least ``score_threshold`` (ids = 1-based rank by score).
+    predictions of that video scoring at least ``score_threshold`` (ids = 1-based rank by score); with both
+    ``results`` and ``with_gt`` the ground-truth sheet is stacked above the predictions' (same frames).
     ``video_id=None`` takes the first video. Writes a PNG to ``out`` when given.
     """
+    if results is not None and with_gt:
+        common = dict(video_id=video_id, score_threshold=score_threshold, max_frames=max_frames, start=start,
+                      stride=stride, cols=cols, scale=scale)
+        sheets = [show_video(annotations, image_root, **common),
+                  show_video(annotations, image_root, results=results, **common)]
+        stacked = Image.new("RGB", (max(s.width for s in sheets), sum(s.height for s in sheets)), "white")
+        stacked.paste(sheets[0], (0, 0))
+        stacked.paste(sheets[1], (0, sheets[0].height))
+        if out is not None:
+            save_png(stacked, out)
+        return stacked
     from vis_core.data.ytvis import VISFormatError, decode_segmentation, load_annotations
 
     ann = load_annotations(annotations)
@@ -225,7 +238,14 @@ def show_video(
             (r for r in results if r["video_id"] == vid and r["score"] >= score_threshold),
             key=lambda r: -r["score"],
         )
-        for k, r in enumerate(preds):
+        # a track may be listed once per category (IDOL writes every class above 0.05): draw its best entry
+        seen, unique = set(), []
+        for r in preds:
+            key = tuple(None if m is None else str(m.get("counts")) for m in r["segmentations"])
+            if key not in seen:
+                seen.add(key)
+                unique.append(r)
+        for k, r in enumerate(unique):
             label = f"{cat_names.get(r['category_id'], '?')} {r['score']:.2f}"
             tracks.append(Track(k + 1, masks_of(r["segmentations"]), label))
         what = f"predictions (score >= {score_threshold})"

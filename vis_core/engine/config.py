@@ -47,9 +47,16 @@ class ConfigError(ValueError):
 class DataConfig:
     """Training clips (see ``vis_core.data.clips.VISClipDataset``)."""
 
-    kind: str = "vis"  # "vis" (video clips) or "coco_pseudo" (pseudo videos from a COCO instance set)
+    # "vis" (video clips of an annotation file), "coco_pseudo" (pseudo videos from a COCO instance set),
+    # "synthetic" (clips of videos rendered on the fly by the generator, a stream that is never repeated),
+    # "synthetic_pseudo" (pseudo videos of synthetic still images rendered on the fly) or "synthetic_objects"
+    # (object-centric synthetic images for backbone classification, the smoke profile's ImageNet)
+    kind: str = "vis"
     json: str = ""  # YouTube-VIS / OVIS style annotation file (COCO instances file for coco_pseudo)
     image_root: str = ""  # folder holding <video>/<frame>.jpg as named in the json
+    # synthetic kinds: the generator's preset, seed and knobs, e.g. {preset: ovis, seed: 0, height: 96}
+    synthetic: dict = field(default_factory=dict)
+    stream_length: int = 100_000  # synthetic kinds: distinct videos (images) in the stream, i.e. one epoch
     sampling: str = "clip"  # "pair" (IDOL key + reference frame) or "clip" (MinVIS/DVIS/VITA)
     num_frames: int = 2  # frames per training clip
     frame_range: int = 20  # max distance (frames) between the frames of a clip

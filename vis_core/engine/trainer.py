@@ -365,6 +365,8 @@ def build_train_dataset(cfg: TrainConfig, where: str = "config") -> tuple[Datase
     from vis_core.data.clips import VISClipDataset, collate_clips
 
     data = cfg.data
+    if data.kind in ("synthetic", "synthetic_pseudo", "synthetic_objects"):
+        return _synthetic_dataset(cfg, where), collate_clips
     for key in ("json", "image_root"):
         if not getattr(data, key):
             raise ConfigError(f"{where}: data.{key} is empty (path of the training annotations / frames)")
@@ -375,13 +377,36 @@ def build_train_dataset(cfg: TrainConfig, where: str = "config") -> tuple[Datase
     if data.kind == "coco_pseudo":
         return _pseudo_video_dataset(cfg, where), collate_clips
     if data.kind != "vis":
-        raise ConfigError(f"{where}: data.kind must be 'vis' or 'coco_pseudo', got {data.kind!r}")
+        raise ConfigError(f"{where}: data.kind must be 'vis', 'coco_pseudo', 'synthetic', 'synthetic_pseudo' or "
+                          f"'synthetic_objects', got {data.kind!r}")
     dataset = VISClipDataset(
         data.json, data.image_root, sampling=data.sampling, num_frames=data.num_frames,
         frame_range=data.frame_range, min_sizes=tuple(data.min_sizes), max_size=data.max_size,
         hflip_prob=0.5 if data.hflip else 0.0, seed=cfg.seed,
     )
     return dataset, collate_clips
+
+
+def _synthetic_dataset(cfg: TrainConfig, where: str) -> Dataset:
+    """Training items rendered on the fly by the synthetic generator (``data.synthetic`` is its spec)."""
+    from vis_core.data.synthetic_stream import (
+        SyntheticClipDataset,
+        SyntheticObjectDataset,
+        SyntheticPseudoVideoDataset,
+    )
+
+    data = cfg.data
+    common = dict(min_sizes=tuple(data.min_sizes), max_size=data.max_size,
+                  hflip_prob=0.5 if data.hflip else 0.0, seed=cfg.seed, length=data.stream_length)
+    try:
+        if data.kind == "synthetic_pseudo":
+            return SyntheticPseudoVideoDataset(data.synthetic, mode=data.pseudo_mode, **common)
+        if data.kind == "synthetic_objects":
+            return SyntheticObjectDataset(data.synthetic, size=min(data.min_sizes), **common)
+        return SyntheticClipDataset(data.synthetic, sampling=data.sampling, num_frames=data.num_frames,
+                                    frame_range=data.frame_range, **common)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: data.synthetic: {exc}") from exc
 
 
 def _pseudo_video_dataset(cfg: TrainConfig, where: str) -> Dataset:
