@@ -201,7 +201,7 @@ def test_streaming_and_hold_all_give_identical_results(tmp_path):
     generate(tmp_path, "ovis", seed=0, train_videos=0, valid_videos=2, frames=(5, 7), height=48, width=80)
     gt, root = tmp_path / "valid" / "instances.json", tmp_path / "valid" / "JPEGImages"
     # untrained scores sit at the 0.01 prior: open the thresholds so that tracks are born and matched
-    method = _method(num_classes=10, dataset="ovis", quality={"enabled": True, "use_at_test": True},
+    method = _method(num_classes=5, dataset="ovis", quality={"enabled": True, "use_at_test": True},
                      tracker={"score_thresh": 0.0, "init_score_thresh": 0.0, "new_score_thresh": 0.0,
                               "class_score_thresh": 0.0})
     paths = {mode: run_inference(method, gt, root, tmp_path / f"{mode}.json", InferConfig(mode=mode),
@@ -211,3 +211,26 @@ def test_streaming_and_hold_all_give_identical_results(tmp_path):
     lengths = {v["id"]: len(v["file_names"]) for v in json.loads(gt.read_text())["videos"]}
     assert all(len(r["segmentations"]) == lengths[r["video_id"]] for r in streaming)
     assert 0 <= evaluate(gt, streaming, occlusion=True)["AP"] <= 1
+
+
+def test_batched_frames_give_the_per_frame_outputs_and_results(tmp_path):
+    # frame_batch > 1 segments consecutive frames in one pass: the segmenter is per frame, so each frame's
+    # outputs equal a frame-by-frame call up to float rounding, and association (per frame, in order) agrees
+    method = _method(num_classes=5, dataset="ovis",
+                     tracker={"score_thresh": 0.0, "init_score_thresh": 0.0, "new_score_thresh": 0.0,
+                              "class_score_thresh": 0.0}).eval()
+    images = torch.rand(3, 3, H, W, generator=torch.Generator().manual_seed(5)) * 255
+    batched = method.segment_frames(images)
+    for image, out in zip(images, batched, strict=True):
+        single = method.segment_frame(image)
+        assert single.keys() == out.keys()
+        for key in single:
+            torch.testing.assert_close(out[key], single[key], rtol=1e-4, atol=1e-4)
+    generate(tmp_path, "ovis", seed=0, train_videos=0, valid_videos=2, frames=(5, 7), height=48, width=80)
+    gt, root = tmp_path / "valid" / "instances.json", tmp_path / "valid" / "JPEGImages"
+    results = {b: json.loads(run_inference(method, gt, root, tmp_path / f"b{b}.json", InferConfig(frame_batch=b),
+                                           progress=False).read_text()) for b in (1, 3)}
+    assert len(results[1]) == len(results[3]) > 0
+    for a, b in zip(results[1], results[3], strict=True):
+        assert (a["video_id"], a["category_id"]) == (b["video_id"], b["category_id"])
+        assert abs(a["score"] - b["score"]) < 1e-4

@@ -256,7 +256,7 @@ def test_results_are_invariant_to_the_query_order_of_a_frame(frame):
 def test_streaming_and_hold_all_give_identical_results(tmp_path):
     generate(tmp_path, "ovis", seed=0, train_videos=0, valid_videos=3, frames=(4, 6))
     gt, root = tmp_path / "valid" / "instances.json", tmp_path / "valid" / "JPEGImages"
-    method = _method(**ADDONS, num_classes=10)
+    method = _method(**ADDONS, num_classes=5)
     paths = {}
     for mode in ("streaming", "hold_all"):
         paths[mode] = run_inference(method, gt, root, tmp_path / f"{mode}.json", InferConfig(mode=mode),

@@ -30,6 +30,8 @@ __all__ = [
     "capture_rng_state",
     "restore_rng_state",
     "load_model_weights",
+    "numbered_checkpoints",
+    "export_weights",
     "unwrap_model",
 ]
 
@@ -64,6 +66,27 @@ def _atomic_link(src: Path, dst: Path) -> None:
     except OSError:
         shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
+
+
+def numbered_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(iteration, path)`` of the numbered checkpoints ``model_<iteration>.pth`` of a run, oldest first."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in output_dir.iterdir() if (m := _NUMBERED.match(p.name)))
+
+
+def export_weights(checkpoint: str | Path, out: str | Path, prefix: str = "") -> Path:
+    """Write the model tensors of a training checkpoint whose names start with ``prefix`` as a plain state
+    dict (no optimizer or RNG state): the form in which released weights are read, e.g. a backbone's
+    (``prefix="backbone."``, see ``vis_core.modeling.backbones.build.read_checkpoint``)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model = state["model"] if isinstance(state, dict) and "model" in state else state
+    kept = {k: v for k, v in model.items() if k.startswith(prefix)}
+    if not kept:
+        raise ValueError(f"{checkpoint}: no model tensor starts with {prefix!r}")
+    atomic_torch_save(kept, out)
+    return Path(out)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -124,10 +147,7 @@ class CheckpointManager:
     def _prune(self) -> None:
         if self.keep <= 0:
             return
-        numbered = sorted(
-            (int(m.group(1)), p) for p in self.output_dir.iterdir() if (m := _NUMBERED.match(p.name))
-        )
-        for _, path in numbered[: -self.keep]:
+        for _, path in numbered_checkpoints(self.output_dir)[: -self.keep]:
             path.unlink(missing_ok=True)
 
     def load(self, path: str | Path | None = None, map_location: Any = "cpu") -> dict[str, Any]:

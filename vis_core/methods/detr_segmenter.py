@@ -81,6 +81,9 @@ class DeformableDETRFrame(nn.Module):
         backbone, pre_layer: passed to :class:`DeformableDETR`.
     """
 
+    # methods built on this segmenter share its pre-training (reproductions/_pretrain, one run per family)
+    segmenter_family = "deformable_detr"
+
     def __init__(self, cfg: DetrFrameConfig | DeformableDETRConfig, backbone: nn.Module | None = None,
                  pre_layer: Mapping[int, nn.Module] | None = None):
         super().__init__()

@@ -148,6 +148,9 @@ class Mask2FormerFrame(nn.Module):
         pre_blocks: optional decoder pre-blocks (BatchFormerV2), passed to ``build_mask2former``.
     """
 
+    # methods built on this segmenter share its pre-training (reproductions/_pretrain, one run per family)
+    segmenter_family = "mask2former"
+
     def __init__(self, cfg: FrameMask2FormerConfig, pre_blocks=None):
         super().__init__()
         self.cfg = cfg

@@ -287,7 +287,6 @@ class IDOL(DeformableDETRFrame):
         return quality_loss(scores, iou)
 
     # ------------------------------------------------------------------ inference
-    @torch.no_grad()
     def segment_frame(self, image: Tensor) -> dict[str, Tensor]:
         """One frame ``(3, H, W)`` float 0..255 -> low-resolution outputs of its Q queries::
 
@@ -295,18 +294,26 @@ class IDOL(DeformableDETRFrame):
             pred_masks (Q, ceil(H/4), ceil(W/4)) logits, pred_embeds (Q, D) reid embeddings,
             image_size (2,) long = (H, W) [, pred_quality (Q,) when quality.use_at_test]
         """
-        h, w = image.shape[-2:]
-        out = self.model(image[None], image_sizes=[(h, w)])
-        frame = {
-            "pred_logits": out["pred_logits"][0],
-            "pred_boxes": out["pred_boxes"][0],
-            "pred_masks": out["pred_masks"][0],
-            "pred_embeds": self.reid_head(out["pred_embds"][0]),
-            "image_size": torch.tensor([h, w], dtype=torch.long),
-        }
-        if self.quality_head is not None and self.cfg.quality.use_at_test:
-            frame["pred_quality"] = self.quality_head(out["pred_embds"][0])
-        return frame
+        return self.segment_frames(image[None])[0]
+
+    @torch.no_grad()
+    def segment_frames(self, images: Tensor) -> list[dict[str, Tensor]]:
+        """:meth:`segment_frame` of ``N`` frames ``(N, 3, H, W)`` of one size, in one batched forward pass (the
+        segmenter treats frames independently at test time: BatchFormerV2 is the identity there)."""
+        n, _, h, w = images.shape
+        out = self.model(images, image_sizes=[(h, w)] * n)
+        embeds = self.reid_head(out["pred_embds"])
+        quality = self.quality_head(out["pred_embds"]) \
+            if self.quality_head is not None and self.cfg.quality.use_at_test else None
+        size = torch.tensor([h, w], dtype=torch.long)
+        frames = []
+        for i in range(n):
+            frame = {"pred_logits": out["pred_logits"][i], "pred_boxes": out["pred_boxes"][i],
+                     "pred_masks": out["pred_masks"][i], "pred_embeds": embeds[i], "image_size": size}
+            if quality is not None:
+                frame["pred_quality"] = quality[i]
+            frames.append(frame)
+        return frames
 
     @property
     def num_classes(self) -> int:

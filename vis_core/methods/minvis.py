@@ -242,16 +242,23 @@ class MinVIS(Mask2FormerFrame):
         """One frame ``(3, h, w)`` float 0..255 -> low-resolution outputs: ``pred_logits (Q, K+1)``,
         ``pred_masks (Q, h4, w4)`` (stride-4 logits), ``pred_embds (Q, C)``, ``image_size (2,)`` = (h, w)
         and, with ``quality.use_at_test``, ``pred_quality (Q,)``."""
-        out = self.segmenter(image[None])
-        frame = {
-            "pred_logits": out["pred_logits"][0],
-            "pred_masks": out["pred_masks"][0],
-            "pred_embds": out["pred_embds"][0],
-            "image_size": torch.tensor(image.shape[-2:]),
-        }
-        if self.quality_at_test:
-            frame["pred_quality"] = self.quality_head(out["pred_embds"][0])
-        return frame
+        return self.segment_frames(image[None])[0]
+
+    @torch.no_grad()
+    def segment_frames(self, images: Tensor) -> list[dict[str, Tensor]]:
+        """:meth:`segment_frame` of ``N`` frames ``(N, 3, h, w)`` of one size, in one batched forward pass (the
+        segmenter treats frames independently: no batch statistics at test time)."""
+        out = self.segmenter(images)
+        size = torch.tensor(images.shape[-2:])
+        quality = self.quality_head(out["pred_embds"]) if self.quality_at_test else None
+        frames = []
+        for i in range(images.shape[0]):
+            frame = {"pred_logits": out["pred_logits"][i], "pred_masks": out["pred_masks"][i],
+                     "pred_embds": out["pred_embds"][i], "image_size": size}
+            if quality is not None:
+                frame["pred_quality"] = quality[i]
+            frames.append(frame)
+        return frames
 
     @property
     def num_classes(self) -> int:

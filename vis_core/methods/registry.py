@@ -31,7 +31,8 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["register_method", "build_method", "get_method", "available_methods", "method_config_from_dict"]
+__all__ = ["register_method", "build_method", "get_method", "available_methods", "method_config_from_dict",
+           "segmenter_family"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +91,15 @@ def get_method(name: str) -> MethodEntry:
             msg += f"; modules that failed to import: {_IMPORT_ERRORS}"
         raise KeyError(msg)
     return _REGISTRY[name]
+
+
+def segmenter_family(name: str) -> str:
+    """The segmenter family of method ``name`` (``deformable_detr``, ``mask2former``): methods of one family
+    can start from one shared pre-training of that segmenter."""
+    family = getattr(get_method(name).factory, "segmenter_family", None)
+    if family is None:
+        raise KeyError(f"method {name!r} declares no segmenter_family")
+    return family
 
 
 def available_methods() -> list[str]:
