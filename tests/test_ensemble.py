@@ -174,3 +174,14 @@ def test_cli_bad_input_names_file_and_field(files, capsys):
     assert rc == 1 and "1 weights given for 2 results files" in capsys.readouterr().err
     assert not (files["dir"] / "fused.json").exists()
     assert [p.name for p in files["dir"].iterdir() if p.name.startswith(".")] == []
+
+
+def test_rank_calibration_puts_models_on_one_scale():
+    from vis_core.tracking.ensemble import rank_calibrated
+
+    entries = [{"video_id": 1, "category_id": 1, "score": s, "segmentations": [None]} for s in (0.9, 0.2, 0.5, 0.5)]
+    # ranks by decreasing score: 0.9 -> 0, the two 0.5 share (1 + 2) / 2, 0.2 -> 3; quantile (N - r) / N
+    assert [e["score"] for e in rank_calibrated(entries)] == [1.0, 0.25, 0.625, 0.625]
+    assert rank_calibrated([]) == []
+    with pytest.raises(ValueError, match="calibration"):
+        EnsembleConfig(calibration="softmax")

@@ -6,6 +6,7 @@ Inputs, all plain files (defaults relative to the reproduction directory ``<repr
     <repro>/params.yaml                         profile + dataset {name, split[, label]} (or CLI overrides)
     <repro>/metrics/<variant>/seed<k>.json      evaluator json per variant and seed (report.aggregate)
     <repro>/runs/<variant>/seed<k>/metrics.jsonl  training logs (vis_core.report.plots)
+    <repro>/curves/<variant>.json               AP vs fine-tuning iteration (vis stage curve)
     <repro>/runs/**/timing.json, timings.json   stage wall times (vis_core.report.provenance)
     <repro>/bench/latency.json                  latency / memory benchmark (vis_core.report.plots)
     <repro>/figures/qualitative.png             qualitative figure (optional)
@@ -16,7 +17,7 @@ Outputs::
     reports/<name>/report.md                    renders on GitHub (figures linked by relative path)
     reports/<name>/report.html                  self-contained: CSS inline, images as data URIs
     reports/<name>/tables/<table id>.csv, .md   paper vs reproduced, one per paper table
-    reports/<name>/figures/*.png                learning_curves, latency, memory, qualitative
+    reports/<name>/figures/*.png                learning_curves, ap_vs_iteration, latency, memory, qualitative
     reports/<name>/summary.json                 headline + per-variant mean/std (read by index and the gate)
     reports/<name>/provenance.json
 
@@ -36,7 +37,9 @@ from vis_core.report.html import write_html
 from vis_core.report.paper import Paper, flatten_recipe, format_recipe_value, load_paper
 from vis_core.report.plots import (
     load_bench,
+    load_curves,
     load_training_logs,
+    plot_ap_curve,
     plot_latency,
     plot_learning_curves,
     plot_memory,
@@ -116,6 +119,7 @@ def build_report(
     bench_path: str | os.PathLike | None = None,
     qualitative: str | os.PathLike | None = None,
     timings_path: str | os.PathLike | None = None,
+    curves_dir: str | os.PathLike | None = None,
     dvc_lock: str | os.PathLike | None = None,
     repo_root: str | os.PathLike = ".",
     device: str | None = None,
@@ -133,6 +137,7 @@ def build_report(
     bench_path = Path(bench_path or repro / "bench" / "latency.json")
     qualitative = Path(qualitative or repro / "figures" / "qualitative.png")
     timings_path = Path(timings_path or repro / "timings.json")
+    curves_dir = Path(curves_dir or repro / "curves")
     dvc_lock = Path(dvc_lock or repro / "dvc.lock")
 
     summary = summarize_dir(metrics_dir)
@@ -184,6 +189,27 @@ def build_report(
     else:
         written["figures"].append(png)
         md += ["![Training loss vs iteration, mean over seeds](figures/learning_curves.png)", ""]
+
+    md += ["## AP vs iterations", ""]
+    curve_files = sorted(curves_dir.glob("*.json")) if curves_dir.is_dir() else []
+    if not curve_files:
+        md += [f"No AP-vs-iteration curve (`{_rel(curves_dir, root)}/<variant>.json`, `vis stage curve`).", ""]
+    for path in curve_files:
+        curves = load_curves(path)
+        png = plot_ap_curve(curves, out / "figures" / f"ap_vs_iteration_{path.stem}.png", run.dataset_label)
+        written["figures"].append(png)
+        md += [f"Video AP of `{path.stem}` on {run.dataset_label} at each checkpoint of its fine-tuning "
+               f"(seeds {', '.join(str(c['seed']) for c in curves['curves'])}); iteration 0 is the checkpoint "
+               "it started from.", "",
+               f"![AP vs fine-tuning iteration](figures/{png.name})", "",
+               "| iteration | " + " | ".join(f"AP seed {c['seed']}" for c in curves["curves"]) + " |",
+               "|---:|" + "---:|" * len(curves["curves"])]
+        iters = sorted({p["iteration"] for c in curves["curves"] for p in c["points"]})
+        for it in iters:
+            cells = [next((f"{100 * p['AP']:.2f}" for p in c["points"] if p["iteration"] == it), "–")
+                     for c in curves["curves"]]
+            md.append(f"| {it} | " + " | ".join(cells) + " |")
+        md.append("")
 
     md += ["## Latency and memory vs video length", ""]
     bench = load_bench(bench_path) if bench_path.is_file() else None

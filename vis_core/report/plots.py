@@ -1,4 +1,4 @@
-"""Report figures: learning curves and latency / peak-memory vs video length.
+"""Report figures: learning curves, AP vs fine-tuning iteration, latency / peak-memory vs video length.
 
 matplotlib is used through ``matplotlib.figure.Figure`` + the Agg canvas only (no pyplot, no global backend
 state), so plotting works headless and in parallel. PNGs are written atomically without the "Software"
@@ -9,6 +9,12 @@ Inputs:
 - training logs ``<runs_dir>/<variant>/seed<k>/metrics.jsonl``: one json object per logged iteration,
   ``{"iteration": int, "loss": float, "lr": float, "time": float, "<loss term>": float, ...}``
   (only ``iteration`` and ``loss`` are required by the plot);
+- AP vs iteration ``curves/<variant>.json`` (``vis stage curve``)::
+
+      {"variant": str, "pretrained": bool,
+       "curves": [{"seed": int, "points": [{"iteration": int, "AP": float, "AP50": float, ...}, ...]}, ...]}
+
+  (iteration 0 is the pre-trained checkpoint the fine-tuning started from when ``pretrained``);
 - benchmark ``latency.json``::
 
       {"device": str,
@@ -89,6 +95,25 @@ def mean_curve(seeds: dict[int, list[dict]], key: str = "loss") -> tuple[list[in
     return iters, [math.fsum(by_iter[i]) / len(by_iter[i]) for i in iters], [len(by_iter[i]) for i in iters]
 
 
+def load_curves(path: str | os.PathLike) -> dict:
+    """Read and validate an AP-vs-iteration file (schema in the module docstring)."""
+    path = Path(path)
+    obj = read_json(path)
+    if not isinstance(obj, dict) or not isinstance(obj.get("curves"), list) or not obj["curves"]:
+        raise ReportInputError(f"{path}: expected an object with a non-empty 'curves' list")
+    for i, curve in enumerate(obj["curves"]):
+        points = curve.get("points") if isinstance(curve, dict) else None
+        if not isinstance(points, list) or not points:
+            raise ReportInputError(f"{path}: curves[{i}]: field 'points': expected a non-empty list")
+        for j, pt in enumerate(points):
+            it, ap = (pt.get("iteration"), pt.get("AP")) if isinstance(pt, dict) else (None, None)
+            if isinstance(it, bool) or not isinstance(it, int) or it < 0:
+                raise ReportInputError(f"{path}: curves[{i}].points[{j}]: field 'iteration': expected an int >= 0")
+            if isinstance(ap, bool) or not isinstance(ap, (int, float)) or not math.isfinite(ap):
+                raise ReportInputError(f"{path}: curves[{i}].points[{j}]: field 'AP': expected a number")
+    return obj
+
+
 def load_bench(path: str | os.PathLike) -> dict:
     """Read and validate ``latency.json`` (schema in the module docstring)."""
     path = Path(path)
@@ -151,6 +176,31 @@ def plot_learning_curves(
     ax.set_xlabel("iteration")
     ax.set_ylabel("training loss (mean over seeds)")
     ax.set_title("Learning curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out_png)
+
+
+def plot_ap_curve(curves: dict, out_png: str | os.PathLike, label: str) -> Path:
+    """AP and AP50 (percent) vs fine-tuning iteration: one thin line per seed, the mean bold."""
+    fig, (ax,) = _new_figure()
+    for key, color in (("AP", "C0"), ("AP50", "C1")):
+        by_iter: dict[int, list[float]] = defaultdict(list)
+        for curve in curves["curves"]:
+            pts = [(p["iteration"], 100 * p[key]) for p in curve["points"] if key in p]
+            for it, v in pts:
+                by_iter[it].append(v)
+            if len(curves["curves"]) > 1 and pts:
+                ax.plot(*zip(*pts, strict=True), color=color, alpha=0.35, linewidth=0.8)
+        iters = sorted(by_iter)
+        n = max((len(v) for v in by_iter.values()), default=0)
+        ax.plot(iters, [math.fsum(by_iter[i]) / len(by_iter[i]) for i in iters], color=color, marker="o",
+                linewidth=1.8, label=f"{key} (mean, n={n})")
+    start = "pre-trained weights" if curves.get("pretrained") else "initialisation"
+    ax.set_xlabel(f"fine-tuning iteration (0 = {start})")
+    ax.set_ylabel(f"video {label} (%)")
+    ax.set_title(f"`{curves.get('variant', '?')}`: AP vs iterations", fontsize=10)
+    ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, out_png)

@@ -3,6 +3,10 @@ several models (IDOL variants, IDOL + MinVIS, several test scales, ...) into one
 
 Rule, applied to each video on its own (only one video's masks are ever decoded):
 
+0. **Calibrate** (``calibration="rank"``): each model's scores are replaced by their rank quantile within
+   that model's whole results list (the best entry 1, the worst ``1/N``, ties share their mean rank), so that
+   models whose raw scores live on different scales (IDOL's mean sigmoid vs MinVIS' softmax) are comparable;
+   ``"none"`` keeps the raw scores.
 1. **Pool** the entries of all models; model ``m`` carries weight ``w_m`` (default 1).
 2. **Cluster** greedily by score: the highest-scoring unclustered entry seeds a cluster; every other model
    contributes its unclustered entry with the highest video mask IoU to the seed (ties: higher score) if
@@ -46,7 +50,7 @@ from vis_core.data.ytvis import (
 from vis_core.tracking.sequence_nms import METHODS, sequence_nms
 from vis_core.tracking.video_iou import video_iou_rle
 
-__all__ = ["EnsembleConfig", "fuse_video", "ensemble_results", "ensemble_files"]
+__all__ = ["EnsembleConfig", "fuse_video", "ensemble_results", "ensemble_files", "rank_calibrated"]
 
 
 @dataclass
@@ -63,8 +67,11 @@ class EnsembleConfig:
     nms_category_aware: bool = True
     nms_score_threshold: float = 0.0
     max_per_video: int | None = None
+    calibration: str = "none"  # "none" or "rank": per-model rank-quantile scores before pooling
 
     def __post_init__(self):
+        if self.calibration not in ("none", "rank"):
+            raise ValueError(f"EnsembleConfig: calibration must be 'none' or 'rank', got {self.calibration!r}")
         if self.score_mode not in ("members", "all_models"):
             raise ValueError(
                 f"EnsembleConfig: score_mode must be 'members' or 'all_models', got {self.score_mode!r}"
@@ -188,6 +195,22 @@ def fuse_video(
     return out[: cfg.max_per_video] if cfg.max_per_video is not None else out
 
 
+def rank_calibrated(entries: Sequence[dict]) -> list[dict]:
+    """One model's results with each score replaced by its rank quantile in that list: ``(N - r) / N`` for
+    the entry of 0-based rank ``r`` by decreasing score (ties share their mean), so the best entry scores 1."""
+    if not entries:
+        return []
+    scores = np.array([float(e["score"]) for e in entries])
+    order = np.argsort(-scores, kind="stable")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(len(scores), dtype=np.float64)
+    for value in np.unique(scores):  # ties: mean rank
+        tied = scores == value
+        ranks[tied] = ranks[tied].mean()
+    n = len(scores)
+    return [{**e, "score": float((n - r) / n)} for e, r in zip(entries, ranks, strict=True)]
+
+
 def ensemble_results(
     results_per_model: Sequence[Sequence[dict]],
     weights: Sequence[float] | None = None,
@@ -204,6 +227,9 @@ def ensemble_results(
         video_ids: videos to process, in output order (default: every video seen, sorted).
         progress: show a tqdm bar over videos.
     """
+    cfg = cfg or EnsembleConfig()
+    if cfg.calibration == "rank":
+        results_per_model = [rank_calibrated(entries) for entries in results_per_model]
     by_video: list[dict[int, list[dict]]] = []
     for entries in results_per_model:
         grouped: dict[int, list[dict]] = defaultdict(list)
