@@ -15,7 +15,9 @@ from vis_core.engine.config import TrainConfig, from_dict
 from vis_core.methods.registry import get_method, method_config_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-REPROS = sorted(p.parent.name for p in (ROOT / "reproductions").glob("*/dvc.yaml"))
+# reproductions (each with a root stage and a report); `_pretrain` is the shared pre-training they depend on
+REPROS = sorted(p.parent.name for p in (ROOT / "reproductions").glob("*/dvc.yaml") if not p.parent.name.startswith("_"))
+SHARED = sorted(p.parent.name for p in (ROOT / "reproductions").glob("_*/dvc.yaml"))
 DVC = str(Path(sys.executable).with_name("dvc"))
 
 
@@ -32,13 +34,13 @@ def _copy_repro(tmp_path: Path, name: str, profile: str) -> Path:
     repo = tmp_path / "repo"
     (repo / "reproductions").mkdir(parents=True)
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    for other in REPROS:  # the root dvc.yaml names every reproduction
+    for other in REPROS + SHARED:  # the root dvc.yaml names every reproduction; they depend on _pretrain
         shutil.copytree(ROOT / "reproductions" / other, repo / "reproductions" / other,
                         ignore=shutil.ignore_patterns("data", "runs", "outputs", "report", "dvc.lock", "*.png"))
-    params_path = repo / "reproductions" / name / "params.yaml"
-    params = yaml.safe_load(params_path.read_text())
-    params["profile"] = profile
-    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    for params_path in (repo / "reproductions" / name / "params.yaml", repo / "reproductions/_pretrain/params.yaml"):
+        params = yaml.safe_load(params_path.read_text())
+        params["profile"] = profile
+        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     subprocess.run([DVC, "init", "-q"], cwd=repo, check=True)
     return repo
@@ -70,11 +72,12 @@ def test_full_profile_dry_run_lists_every_stage_command(tmp_path, name):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     params = yaml.safe_load((repo / "reproductions" / name / "params.yaml").read_text())
-    expected = ["vis stage data"]
-    for seed in params["seeds"]:
-        expected += [f"vis stage train --variant {v} --seed {seed}" for v in params["trained"]]
-        expected += [f"vis stage eval --variant {v} --seed {seed}" for v in params["evaluated"]]
-        expected.append(f"vis stage infer --variant ensemble --seed {seed}")
+    expected = ["vis stage data", "vis stage pretrain --family backbone", "vis stage infer --variant ensemble",
+                "vis stage curve --variant baseline"]
+    expected += [f"vis stage pretrain --family {f}" for f in set(params["trained"].values())]
+    expected += [f"vis stage train --variant {v}" for v in params["trained"]]
+    expected += [f"vis stage infer --variant {v}" for v in params["trained"]]
+    expected += [f"vis stage eval --variant {v}" for v in params["evaluated"]]
     expected += ["vis report build . --out report", "vis stage submit --variant ensemble --seed 0",
                  f"vis report publish reproductions/{name}/report reports/{name}"]
     missing = [cmd for cmd in expected if f"> {cmd}" not in out.stdout]
@@ -98,15 +101,48 @@ def test_full_profile_training_configs_build(name):
             assert getattr(model_cfg, "preset", "full") == "full"
 
 
-def test_smoke_variants_differ_only_by_config():
-    """An ablation row is a params entry: trained variants of one method share the recipe except `model`."""
+def _fake_pretraining(params, family):
+    return {"family": family, "profile": params["profile"], "weights": f"../_pretrain/runs/{family}/w.pth",
+            "model": {"preset": "tiny", "hidden_dim": 64}}
+
+
+def test_smoke_variants_differ_only_by_config(monkeypatch):
+    """An ablation row is a params entry: trained variants of one method share the recipe except `model`, and
+    every one starts from its family's shared pre-training, whose architecture it inherits."""
+    monkeypatch.setattr(stages, "pretraining", _fake_pretraining)
     for name in REPROS:
         params = stages.load_params(ROOT / "reproductions" / name / "params.yaml")
-        paths = {k: k for k in ("train_json", "train_images")}
+        paths = {"train_stream": {"preset": "ovis", "seed": 0}}
         resolved = {v: stages.resolve_train_config(params, v, 0, paths)[-1] for v in params["trained"]}
         by_method: dict[str, list[dict]] = {}
-        for cfg in resolved.values():
+        for variant, cfg in resolved.items():
+            family = params["trained"][variant]
+            assert cfg["init_weights"] == f"../_pretrain/runs/{family}/w.pth"
+            assert cfg["model"]["hidden_dim"] == 64 and cfg["data"]["kind"] == "synthetic"
             by_method.setdefault(cfg["method"], []).append(cfg)
         for cfgs in by_method.values():
             strip = [{k: v for k, v in c.items() if k not in ("model", "output_dir")} for c in cfgs]
             assert all(s == strip[0] for s in strip)
+
+
+def test_pretrain_params_build_every_family():
+    params = stages.load_params(ROOT / "reproductions" / "_pretrain" / "params.yaml")
+    for family, spec in params["profiles"]["smoke"]["families"].items():
+        entry = get_method(spec["method"])
+        assert entry.factory.segmenter_family == family
+        cfg = from_dict(TrainConfig, {**spec, "output_dir": "x"}, family)
+        model = dict(cfg.model)
+        model.pop("backbone_weights", None)
+        model.get("backbone_kwargs", {}).pop("weights", None)
+        method_config_from_dict(entry.config, {**model, "num_classes": 10})
+    assert set(params["profiles"]["full"]["families"]) == set(params["profiles"]["smoke"]["families"])
+
+
+def test_params_name_the_family_of_each_trained_variant(tmp_path):
+    params = yaml.safe_load((ROOT / "reproductions" / "ovis_2nd" / "params.yaml").read_text())
+    params["trained"]["minvis_all"] = "deformable_detr"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(stages.StageError, match=r"trained.minvis_all: family 'deformable_detr', but method "
+                                                r"'minvis' is built on 'mask2former'"):
+        stages.load_params(path)
