@@ -81,7 +81,9 @@ def test_pretrain_then_finetune_beats_the_untrained_model(tmp_path, monkeypatch)
     out = run_inference(baseline, paths["eval_json"], paths["eval_images"], tmp_path / "untrained.json",
                         InferConfig(frame_batch=4), progress=False)
     untrained = evaluate(paths["eval_json"], str(out), occlusion=True)
+    print(f"held-out AP: trained {trained['AP']:.3f} (light {trained['AP_light']:.3f}, heavy "
+          f"{trained['AP_heavy']:.3f}), untrained {untrained['AP']:.3f}")
     assert untrained["AP"] < 0.02, untrained["AP"]
-    assert trained["AP"] > 0.10 and trained["AP"] > untrained["AP"] + 0.08, (trained["AP"], untrained["AP"])
+    assert trained["AP"] > 0.15 and trained["AP"] > untrained["AP"] + 0.12, (trained["AP"], untrained["AP"])
     assert trained["AP_light"] > trained["AP_heavy"]
     assert os.path.isfile(run / "model_final.pth")
