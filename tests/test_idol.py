@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from vis_core.data.synthetic import generate
+from vis_core.data.ytvis import load_annotations
 from vis_core.engine.config import ConfigError
-from vis_core.engine.infer import InferConfig, run_inference
+from vis_core.engine.infer import InferConfig, results_by_video, reusable_scales, run_inference
 from vis_core.eval import evaluate
 from vis_core.methods.detr_segmenter import DeformableDETRFrame
 from vis_core.methods.idol import IDOL, IDOLConfig
@@ -234,3 +235,28 @@ def test_batched_frames_give_the_per_frame_outputs_and_results(tmp_path):
     for a, b in zip(results[1], results[3], strict=True):
         assert (a["video_id"], a["category_id"]) == (b["video_id"], b["category_id"])
         assert abs(a["score"] - b["score"]) < 1e-4
+
+
+def test_multiscale_reuses_a_single_scale_run_of_the_same_model_exactly(tmp_path):
+    # the scales of the multi-scale test run independently until the merge, so the single-scale results of the
+    # same model at the stored size stand for that scale: reusing them must change nothing but the work done
+    method = _method(num_classes=5, dataset="ovis",
+                     tracker={"score_thresh": 0.0, "init_score_thresh": 0.0, "new_score_thresh": 0.0,
+                              "class_score_thresh": 0.0}).eval()
+    generate(tmp_path, "ovis", seed=0, train_videos=0, valid_videos=2, frames=(4, 6), height=48, width=80)
+    gt_path, root = tmp_path / "valid" / "instances.json", tmp_path / "valid" / "JPEGImages"
+    gt = load_annotations(gt_path)
+    frames = sum(len(v["file_names"]) for v in gt.videos.values())
+    single_cfg, multi_cfg = InferConfig(frame_batch=2), InferConfig(scales=[48, 64], frame_batch=2)
+    assert reusable_scales(gt, multi_cfg, single_cfg) == [48]  # stored 48 x 80: scale 48 is the stored size
+    assert reusable_scales(gt, multi_cfg, InferConfig(frame_batch=1)) == []  # other settings: recompute
+    assert reusable_scales(gt, multi_cfg, InferConfig(min_size=64, frame_batch=2)) == [64]
+    single = json.loads(run_inference(method, gt, root, tmp_path / "single.json", single_cfg,
+                                      progress=False).read_text())
+    recomputed = run_inference(method, gt, root, tmp_path / "multi.json", multi_cfg, progress=False,
+                               timing_path=tmp_path / "t_multi.json")
+    reused = run_inference(method, gt, root, tmp_path / "reused.json", multi_cfg, progress=False,
+                           timing_path=tmp_path / "t_reused.json", reuse={48: results_by_video(single)})
+    assert json.loads(recomputed.read_text()) == json.loads(reused.read_text()) != []
+    assert json.loads((tmp_path / "t_multi.json").read_text())["frames"] == 2 * frames
+    assert json.loads((tmp_path / "t_reused.json").read_text())["frames"] == frames

@@ -23,6 +23,11 @@ own associator, streaming), then each scale's results are merged per category by
 average their scores (a scale that missed the track counts 0) and vote their per-frame masks (pixel kept when
 at least half the scales that have the track mark it).
 
+Reusing a scale: a single-scale run of the same checkpoint with the same test settings at size ``s`` already
+holds scale ``s`` of the multi-scale test (the scales run independently until the merge), so ``run_inference``
+accepts those results (``reuse={s: results}``) instead of recomputing them; :func:`reusable_scales` says
+which scales of a config another config's results stand for. Outputs are identical either way (tested).
+
 Resuming: each finished video's results go to ``<out>.partial.jsonl`` at once; a rerun skips those videos. The
 final json is written atomically and the partial file removed.
 """
@@ -32,7 +37,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,11 +46,13 @@ import torch
 from tqdm import tqdm
 
 from vis_core.data.clips import iter_video_frames
+from vis_core.data.transforms import shortest_edge_size
 from vis_core.data.ytvis import YTVISAnnotations, load_annotations, save_json
 from vis_core.tracking.multiscale import ScaleTrack, merge_multiscale
 
 __all__ = [
-    "InferConfig", "OnlineMethod", "VideoTiming", "infer_video", "infer_video_multiscale", "run_inference",
+    "InferConfig", "OnlineMethod", "VideoTiming", "infer_video", "infer_video_multiscale", "results_by_video",
+    "reusable_scales", "run_inference",
 ]
 
 
@@ -191,13 +198,18 @@ def infer_video_multiscale(
     cfg: InferConfig,
     category_ids: Sequence[int],
     timing: VideoTiming | None = None,
+    reuse: Mapping[int, Mapping[int, list[dict]]] | None = None,
 ) -> list[dict]:
-    """One video at every size in ``cfg.scales`` (or once at ``cfg.min_size``), merged across scales."""
+    """One video at every size in ``cfg.scales`` (or once at ``cfg.min_size``), merged across scales.
+    ``reuse[size][video_id]``, when present, is taken as that scale's results instead of running it."""
     video = gt.videos[video_id]
     output_size = (video["height"], video["width"])
     sizes = cfg.scales or [cfg.min_size]
     per_scale = []
     for size in sizes:
+        if video_id in (reuse or {}).get(size, {}):
+            per_scale.append(list(reuse[size][video_id]))
+            continue
         frames = iter_video_frames(gt, image_root, video_id, size, cfg.max_size)
         per_scale.append(
             infer_video(method, frames, output_size, video_id, category_ids, cfg.mode, cfg.device, timing,
@@ -206,6 +218,38 @@ def infer_video_multiscale(
     if len(per_scale) == 1:
         return per_scale[0]
     return merge_scale_results(per_scale, cfg.merge_iou)
+
+
+def _effective_size(gt: YTVISAnnotations, min_size: int | None, max_size: int | None) -> dict[int, tuple]:
+    """Frame size (h, w) the segmenter sees in every video of ``gt`` at a shortest side of ``min_size``."""
+    out = {}
+    for vid, video in gt.videos.items():
+        h, w = video["height"], video["width"]
+        out[vid] = (h, w) if min_size is None else shortest_edge_size(h, w, min_size, max_size)
+    return out
+
+
+def reusable_scales(gt: YTVISAnnotations, cfg: InferConfig, single: InferConfig) -> list[int]:
+    """The scales of the multi-scale ``cfg`` whose per-scale results equal a single-scale run with ``single``.
+
+    That holds when every setting but the size agrees and, in every video of ``gt``, scale ``s`` resizes the
+    frames to the very size ``single`` does (``min_size: null`` keeps the stored size, which scale ``s``
+    equals when it is the stored shortest side). The caller vouches for the checkpoint being the same.
+    """
+    if len(cfg.scales) < 2 or single.scales:
+        return []
+    if (cfg.mode, cfg.device, cfg.frame_batch) != (single.mode, single.device, single.frame_batch):
+        return []
+    sizes = _effective_size(gt, single.min_size, single.max_size)
+    return [s for s in cfg.scales if _effective_size(gt, s, cfg.max_size) == sizes]
+
+
+def results_by_video(results: Iterable[dict]) -> dict[int, list[dict]]:
+    """Results entries grouped by ``video_id``, in their order."""
+    grouped: dict[int, list[dict]] = {}
+    for entry in results:
+        grouped.setdefault(int(entry["video_id"]), []).append(entry)
+    return grouped
 
 
 def _read_partial(path: Path) -> dict[int, list[dict]]:
@@ -235,12 +279,16 @@ def run_inference(
     video_ids: Sequence[int] | None = None,
     progress: bool = True,
     timing_path: str | os.PathLike | None = None,
+    reuse: Mapping[int, Mapping[int, list[dict]]] | None = None,
 ) -> Path:
     """Run ``method`` over every video of ``gt`` (an annotation file: only its ``videos`` are needed) and write
     a YouTube-VIS results json to ``out_path``; resumes from ``<out>.partial.jsonl`` if present.
 
     ``category_ids`` maps the method's contiguous labels to dataset category ids (default: the sorted ids of
-    ``gt``). ``timing_path`` gets ``{frames, segmenter_s, association_s, wall_s}`` as json.
+    ``gt``). ``timing_path`` gets ``{frames, segmenter_s, association_s, wall_s}`` as json (frames counts the
+    frames segmented here, so not those of reused scales). ``reuse``: ``{scale: {video_id: entries}}``,
+    results of a scale of ``cfg.scales`` that are already known (module docstring); a video missing from it
+    is simply run at that scale.
     """
     cfg = cfg or InferConfig()
     gt = load_annotations(gt)
@@ -259,7 +307,7 @@ def run_inference(
         for vid in bar:
             if vid in done:
                 continue
-            results = infer_video_multiscale(method, gt, image_root, vid, cfg, category_ids, timing)
+            results = infer_video_multiscale(method, gt, image_root, vid, cfg, category_ids, timing, reuse)
             log.write(json.dumps({"video_id": vid, "results": results}, separators=(",", ":")) + "\n")
             log.flush()
             done[vid] = results

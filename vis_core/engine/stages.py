@@ -475,6 +475,29 @@ def _load_for_inference(params: dict, variant: str, seed: int, checkpoint: str |
     return method, InferConfig(**infer)
 
 
+def _reused_scales(params: dict, variant: str, seed: int, gt_json: str, out_name: str, cfg) -> dict:
+    """``{scale: {video_id: entries}}`` of the multi-scale test of ``variant`` that its ``from`` variant's own
+    single-scale results already hold (same checkpoint and settings; ``infer.reusable_scales``), read from
+    ``outputs/<from>/seedS``. The multi-scale stage depends on those outputs in dvc.yaml."""
+    from vis_core.engine.infer import InferConfig, results_by_video, reusable_scales
+
+    spec = variant_of(params, variant)
+    source = Path("outputs") / str(spec.get("from")) / f"seed{seed}" / out_name
+    if "from" not in spec or not cfg.scales or not source.is_file():
+        return {}
+    _, single = _checkpoint_variant(params, spec["from"])
+    _, multi = _checkpoint_variant(params, variant)
+    sizes = ("min_size", "max_size", "scales", "merge_iou")  # reusable_scales compares the sizes themselves
+    same = {k: v for k, v in single.items() if k not in sizes} == {k: v for k, v in multi.items() if k not in sizes}
+    single_cfg = InferConfig(**{k: v for k, v in single.items() if k not in ("threads", "model")})
+    scales = reusable_scales(load_annotations(gt_json), cfg, single_cfg) if same else []
+    if not scales:
+        return {}
+    by_video = results_by_video(load_json(source))
+    print(f"vis stage infer: {variant} seed {seed}: scale(s) {scales} from {source}", file=sys.stderr)
+    return {s: by_video for s in scales}
+
+
 def stage_infer(params: dict, variant: str, seed: int | None = None, split: str = "eval") -> Path:
     """Results json of (variant, seed) on ``split``; without a seed, every seed (concurrently)."""
     from vis_core.engine.infer import run_inference
@@ -498,7 +521,8 @@ def stage_infer(params: dict, variant: str, seed: int | None = None, split: str 
     else:
         method, cfg = _load_for_inference(params, variant, seed)
         run_inference(method, paths[f"{split}_json"], paths[f"{split}_images"], out_dir / out_name, cfg,
-                      timing_path=out_dir / f"timing_{split}.json", progress=sys.stderr.isatty())
+                      timing_path=out_dir / f"timing_{split}.json", progress=sys.stderr.isatty(),
+                      reuse=_reused_scales(params, variant, seed, paths[f"{split}_json"], out_name, cfg))
     _write_timing(out_dir, "infer", time.perf_counter() - start)
     return out_dir / out_name
 
