@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from vis_core.io import load_torch_file
+
 __all__ = [
     "atomic_torch_save",
     "CheckpointManager",
@@ -80,7 +82,7 @@ def export_weights(checkpoint: str | Path, out: str | Path, prefix: str = "") ->
     """Write the model tensors of a training checkpoint whose names start with ``prefix`` as a plain state
     dict (no optimizer or RNG state): the form in which released weights are read, e.g. a backbone's
     (``prefix="backbone."``, see ``vis_core.modeling.backbones.build.read_checkpoint``)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = load_torch_file(checkpoint)
     model = state["model"] if isinstance(state, dict) and "model" in state else state
     kept = {k: v for k, v in model.items() if k.startswith(prefix)}
     if not kept:
@@ -152,10 +154,8 @@ class CheckpointManager:
 
     def load(self, path: str | Path | None = None, map_location: Any = "cpu") -> dict[str, Any]:
         path = Path(path) if path is not None else self.last_path
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: checkpoint not found")
-        # full training state (optimizer, RNG tuples, numpy arrays), written by this module
-        return torch.load(path, map_location=map_location, weights_only=False)
+        # full training state (optimizer, RNG tuples, numpy arrays): data only, no code runs (vis_core.io)
+        return load_torch_file(path, map_location=map_location)
 
 
 def load_model_weights(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
@@ -164,10 +164,7 @@ def load_model_weights(model: nn.Module, path: str | Path) -> tuple[list[str], l
     Parameters whose shape differs (e.g. a class head trained for another dataset) are skipped and reported
     like missing keys. Returns ``(missing_keys, unexpected_keys)``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: init_weights checkpoint not found")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_torch_file(path)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     model = unwrap_model(model)

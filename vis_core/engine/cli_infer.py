@@ -18,6 +18,7 @@ import yaml
 
 from vis_core.engine.config import ConfigError, apply_overrides
 from vis_core.engine.infer import InferConfig, run_inference
+from vis_core.io import UnsafeCheckpointError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         method = load_trained_method(args.run, args.checkpoint, args.overrides, args.device)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, UnsafeCheckpointError) as e:
         print(f"vis infer: {e}", file=sys.stderr)
         return 1
     cfg = InferConfig(min_size=args.min_size, max_size=args.max_size, scales=list(args.scales),

@@ -32,6 +32,7 @@ def main(args: argparse.Namespace) -> int:
 
     from vis_core.engine import distributed as du
     from vis_core.engine.config import ConfigError, load_config, to_dict
+    from vis_core.io import UnsafeCheckpointError
 
     try:
         cfg = load_config(args.config, args.section, args.overrides)
@@ -47,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         where = f"{args.config} [{args.section}]" if args.section else str(args.config)
         train(cfg, resume=args.resume, where=where)
-    except (ConfigError, KeyError, FileNotFoundError) as exc:
+    except (ConfigError, KeyError, FileNotFoundError, UnsafeCheckpointError) as exc:
         print(f"vis train: {exc}", file=sys.stderr)
         return 2
     finally:

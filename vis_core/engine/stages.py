@@ -657,6 +657,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from vis_core.data.ytvis import VISFormatError
     from vis_core.engine.config import ConfigError
+    from vis_core.io import UnsafeCheckpointError
 
     try:
         params = load_params(args.params)
@@ -677,7 +678,7 @@ def main(args: argparse.Namespace) -> int:
             else:
                 fn = {"train": stage_train, "infer": stage_infer, "eval": stage_eval}[args.stage]
                 out = fn(params, args.variant, args.seed)
-    except (StageError, ConfigError, VISFormatError) as e:
+    except (StageError, ConfigError, VISFormatError, UnsafeCheckpointError) as e:
         print(f"vis stage {args.stage}: {e}", file=sys.stderr)
         return 1
     print(f"vis stage {args.stage}: {out}")

@@ -447,7 +447,8 @@ def _with_dataset_classes(cfg: TrainConfig, dataset: Dataset, where: str) -> Tra
         return dataclasses.replace(cfg, model={**cfg.model, "num_classes": int(num_classes)})
     if int(given) < num_classes:
         raise ConfigError(
-            f"{where}: model.num_classes={given} but {cfg.data.json} has {num_classes} categories"
+            f"{where}: model.num_classes={given} but {cfg.data.json or f'the {cfg.data.kind} data'} has "
+            f"{num_classes} categories"
         )
     return cfg
 

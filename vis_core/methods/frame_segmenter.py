@@ -167,10 +167,11 @@ class Mask2FormerFrame(nn.Module):
         from pathlib import Path
 
         from vis_core.engine.checkpoint import load_model_weights
+        from vis_core.io import load_torch_file
         from vis_core.modeling.mask2former import load_mask2former_weights
 
         if Path(path).suffix == ".pth":
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = load_torch_file(path)
             if isinstance(state, dict) and isinstance(state.get("model"), dict) and any(
                 k.startswith("segmenter.") for k in state["model"]
             ):

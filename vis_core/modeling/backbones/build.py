@@ -9,6 +9,9 @@ Checkpoints are local files (nothing is downloaded):
   checkpoints) or ``state_dict``;
 * ``.pkl``: detectron2's model-zoo pickle, ``{"model": {name: numpy array}, ...}`` (or a bare mapping).
 
+Both are read as data only (:mod:`vis_core.io.weights`): a file that holds anything but tensors, arrays and
+plain containers is refused with an error naming it, and nothing it names is executed.
+
 Keys are remapped before loading: the first of ``prefixes`` that some keys carry is stripped (``backbone.``
 for a whole Mask2Former / MinVIS checkpoint, ``module.`` for a DDP one) and keys without it are ignored (they
 belong to other parts of the model); then the backbone's own ``remap_checkpoint_keys`` (torchvision ResNet
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vis_core.io import load_detectron2_pickle, load_torch_file
 from vis_core.modeling.backbones.resnet import RESNET_SPECS, build_resnet
 from vis_core.modeling.backbones.swin import SWIN_SPECS, build_swin
 
@@ -236,18 +239,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    if path.endswith(".pkl"):
-        with open(path, "rb") as f:
-            # detectron2 model-zoo files are Python-2-era pickles of numpy arrays
-            obj = pickle.load(f, encoding="latin1")
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise ValueError(
-                f"checkpoint {path!r} holds objects other than tensors/containers ({exc}); "
-                "save a plain state dict (torch.save(model.state_dict(), path))"
-            ) from exc
+    # data only: neither loader runs code named by the file (vis_core.io); detectron2 model-zoo files are
+    # Python-2-era pickles of numpy arrays
+    obj = load_detectron2_pickle(path) if path.endswith(".pkl") else load_torch_file(path)
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]
     elif isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
