@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from vis_core.cli import main as vis
-from vis_core.io import UnsafeCheckpointError, load_detectron2_pickle, load_torch_file
+from vis_core.io.weights import UnsafeCheckpointError, load_detectron2_pickle, load_torch_file
 from vis_core.modeling.backbones import read_checkpoint
 
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import colorsys
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from vis_core.io.atomic import atomic_path
 
 OCCLUSION_MARKS = {"no_occlusion": "", "slight_occlusion": "s", "severe_occlusion": "S"}
 
@@ -150,18 +151,9 @@ def contact_sheet(
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
     """Atomic PNG write (temp file in the same directory, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return Path(path)
 
 
 def select_frames(length: int, max_frames: int = 16, start: int = 0, stride: int | None = None) -> list[int]:

@@ -23,7 +23,6 @@ import gc
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -33,6 +32,8 @@ from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_util
+
+from vis_core.io.atomic import atomic_path
 
 OCCLUSION_LABELS = ("no_occlusion", "slight_occlusion", "severe_occlusion")
 
@@ -75,21 +76,10 @@ def load_json(path: str | os.PathLike) -> Any:
 
 
 def save_json(obj: Any, path: str | os.PathLike, *, indent: int | None = None) -> Path:
-    """Write ``obj`` as json atomically: a temp file in the same directory, fsync, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=indent, separators=(",", ":") if indent is None else None)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``obj`` as json atomically (:func:`vis_core.io.atomic.atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=indent, separators=(",", ":") if indent is None else None)
+    return Path(path)
 
 
 # ----------------------------------------------------------------------------------------------------- RLE

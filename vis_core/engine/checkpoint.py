@@ -16,7 +16,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from vis_core.io import load_torch_file
+from vis_core.io.atomic import atomic_path
+from vis_core.io.weights import load_torch_file
 
 __all__ = [
     "atomic_torch_save",
@@ -42,20 +42,9 @@ _NUMBERED = re.compile(r"^model_(\d+)\.pth$")
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` through :func:`vis_core.io.atomic.atomic_path` (temp file, fsync, rename)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _atomic_link(src: Path, dst: Path) -> None:

@@ -18,7 +18,7 @@ import yaml
 
 from vis_core.engine.config import ConfigError, apply_overrides
 from vis_core.engine.infer import InferConfig, run_inference
-from vis_core.io import UnsafeCheckpointError
+from vis_core.io.weights import UnsafeCheckpointError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -32,7 +32,7 @@ def main(args: argparse.Namespace) -> int:
 
     from vis_core.engine import distributed as du
     from vis_core.engine.config import ConfigError, load_config, to_dict
-    from vis_core.io import UnsafeCheckpointError
+    from vis_core.io.weights import UnsafeCheckpointError
 
     try:
         cfg = load_config(args.config, args.section, args.overrides)

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
-        from vis_core.engine.metrics_log import atomic_write_text
+        from vis_core.io.atomic import atomic_write_text
 
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(args.out), text + "\n")

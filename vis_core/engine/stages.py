@@ -657,7 +657,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from vis_core.data.ytvis import VISFormatError
     from vis_core.engine.config import ConfigError
-    from vis_core.io import UnsafeCheckpointError
+    from vis_core.io.weights import UnsafeCheckpointError
 
     try:
         params = load_params(args.params)

@@ -477,6 +477,6 @@ def train(cfg: TrainConfig, resume: bool = False, where: str = "config") -> Trai
 def _write_config(cfg: TrainConfig, output_dir: Path) -> None:
     import yaml
 
-    from vis_core.engine.metrics_log import atomic_write_text
+    from vis_core.io.atomic import atomic_write_text
 
     atomic_write_text(output_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))

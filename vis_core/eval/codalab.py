@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 from vis_core.data.ytvis import YTVISAnnotations, load_annotations, load_json, validate_results
+from vis_core.io.atomic import atomic_path
 
 
 def write_codalab_zip(
@@ -33,15 +33,6 @@ def write_codalab_zip(
     if gt is not None:
         entries, _ = validate_results(entries, load_annotations(gt), name)
     payload = json.dumps(entries, separators=(",", ":"))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr("results.json", payload)
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(out_path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("results.json", payload)
     return out_path

@@ -1,5 +1,5 @@
-"""File I/O shared by every part of vis_core: checkpoint reading that never runs code from the file."""
+"""File I/O shared by every part of vis_core, free of torch unless asked for.
 
-from vis_core.io.weights import SAFE_NUMPY_GLOBALS, UnsafeCheckpointError, load_detectron2_pickle, load_torch_file
-
-__all__ = ["SAFE_NUMPY_GLOBALS", "UnsafeCheckpointError", "load_detectron2_pickle", "load_torch_file"]
+* :mod:`vis_core.io.atomic`: the one atomic-write helper (``atomic_path``, ``atomic_write_bytes/text``).
+* :mod:`vis_core.io.weights`: checkpoint reading that never runs code from the file (imports torch).
+"""

@@ -167,7 +167,7 @@ class Mask2FormerFrame(nn.Module):
         from pathlib import Path
 
         from vis_core.engine.checkpoint import load_model_weights
-        from vis_core.io import load_torch_file
+        from vis_core.io.weights import load_torch_file
         from vis_core.modeling.mask2former import load_mask2former_weights
 
         if Path(path).suffix == ".pth":

@@ -12,16 +12,18 @@ that a report can be built and tested before any model exists. Modules:
 - ``builder``: ``build_report(...)``; ``index``: ``reports/index.md``
 - ``cli`` (``vis report ...``) and ``regression`` (``vis check-regression``)
 
-This module holds the two helpers every writer shares: one error type and atomic file writes.
+This module holds what every writer shares: one error type, json reading and the report json writer (atomic
+writes themselves are :mod:`vis_core.io.atomic`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from vis_core.io.atomic import atomic_write_text
 
 
 class ReportInputError(ValueError):
@@ -41,29 +43,6 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ReportInputError(msg) from None
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temp file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Atomic UTF-8 text write (see :func:`write_bytes_atomic`)."""
-    return write_bytes_atomic(path, text.encode("utf-8"))
-
-
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Atomic, human-readable json write (indent 2, keys in insertion order, trailing newline)."""
-    return write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")

@@ -31,7 +31,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vis_core.report import write_bytes_atomic, write_json_atomic, write_text_atomic
+from vis_core.io.atomic import atomic_write_bytes, atomic_write_text
+from vis_core.report import write_json_atomic
 from vis_core.report.aggregate import VariantSummary, summarize_dir, summary_to_json
 from vis_core.report.html import write_html
 from vis_core.report.paper import Paper, flatten_recipe, format_recipe_value, load_paper
@@ -225,7 +226,7 @@ def build_report(
 
     md += ["## Qualitative results", ""]
     if qualitative.is_file():
-        dest = write_bytes_atomic(out / "figures" / "qualitative.png", qualitative.read_bytes())
+        dest = atomic_write_bytes(out / "figures" / "qualitative.png", qualitative.read_bytes())
         written["figures"].append(dest)
         md += [f"![Qualitative results ({run.dataset_label})](figures/qualitative.png)", ""]
     else:
@@ -238,7 +239,7 @@ def build_report(
         prov["dvc_lock"] = _rel(dvc_lock, root)
     md += ["## Provenance", "", provenance_markdown(prov)]
 
-    written["markdown"] = write_text_atomic(out / "report.md", "\n".join(md).rstrip() + "\n")
+    written["markdown"] = atomic_write_text(out / "report.md", "\n".join(md).rstrip() + "\n")
     written["provenance"] = write_json_atomic(out / "provenance.json", prov)
     written["summary"] = write_json_atomic(out / "summary.json", {
         "name": name, "title": paper.title, "paper_dataset": paper.dataset, "paper_split": paper.split,

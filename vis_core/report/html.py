@@ -15,7 +15,7 @@ import os
 import re
 from pathlib import Path
 
-from vis_core.report import write_text_atomic
+from vis_core.io.atomic import atomic_write_text
 
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
          ".svg": "image/svg+xml"}
@@ -197,4 +197,4 @@ def write_html(
     if title is None:
         first = next((ln for ln in text.splitlines() if ln.startswith("# ")), "# report")
         title = re.sub(r"[`*]", "", first[2:]).strip()
-    return write_text_atomic(html_path, markdown_to_html(text, markdown_path.parent, title))
+    return atomic_write_text(html_path, markdown_to_html(text, markdown_path.parent, title))

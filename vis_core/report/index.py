@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from vis_core.report import ReportInputError, read_json, write_text_atomic
+from vis_core.io.atomic import atomic_write_text
+from vis_core.report import ReportInputError, read_json
 from vis_core.report.tables import md_escape
 
 
@@ -54,4 +55,4 @@ def index_markdown(reports_dir: str | os.PathLike) -> str:
 
 def build_index(reports_dir: str | os.PathLike = "reports") -> Path:
     """Write ``<reports_dir>/index.md`` atomically and return its path."""
-    return write_text_atomic(Path(reports_dir) / "index.md", index_markdown(reports_dir))
+    return atomic_write_text(Path(reports_dir) / "index.md", index_markdown(reports_dir))

@@ -33,7 +33,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from vis_core.report import ReportInputError, read_json, write_bytes_atomic
+from vis_core.io.atomic import atomic_write_bytes
+from vis_core.report import ReportInputError, read_json
 
 BENCH_FIELDS = {
     "method": str, "mode": str, "T": int, "ms_per_frame": float, "segmenter_ms_per_frame": float,
@@ -153,7 +154,7 @@ def _new_figure(ncols: int = 1):
 def _save(fig, path: str | os.PathLike) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
-    return write_bytes_atomic(path, buf.getvalue())
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_learning_curves(

@@ -32,7 +32,8 @@ from typing import Any
 
 import yaml
 
-from vis_core.report import ReportInputError, write_text_atomic
+from vis_core.io.atomic import atomic_write_text
+from vis_core.report import ReportInputError
 from vis_core.report.aggregate import Stat, VariantSummary
 from vis_core.report.paper import Paper, PaperRow, PaperTable
 
@@ -294,7 +295,7 @@ def write_tables(
     markdown = {}
     for table in paper.tables:
         cells = compare_table(paper, table, summary, run)
-        write_text_atomic(out_dir / f"{table.id}.csv", table_csv(cells, run, same))
+        atomic_write_text(out_dir / f"{table.id}.csv", table_csv(cells, run, same))
         markdown[table.id] = table_markdown(paper, table, cells, run)
-        write_text_atomic(out_dir / f"{table.id}.md", markdown[table.id])
+        atomic_write_text(out_dir / f"{table.id}.md", markdown[table.id])
     return markdown

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vis_core.io import load_detectron2_pickle, load_torch_file
+from vis_core.io.weights import load_detectron2_pickle, load_torch_file
 from vis_core.modeling.backbones.resnet import RESNET_SPECS, build_resnet
 from vis_core.modeling.backbones.swin import SWIN_SPECS, build_swin
 
