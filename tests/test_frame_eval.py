@@ -82,7 +82,8 @@ def synthetic(tmp_path_factory):
 
 def test_vis_train_cli_and_frame_ap_on_synthetic(synthetic, tmp_path, capsys):
     from vis_core.cli import main
-    from vis_core.engine.evaluate_frames import evaluate_frame_ap, load_trained_method
+    from vis_core.engine.evaluate_frames import evaluate_frame_ap
+    from vis_core.engine.runs import load_trained_method
 
     params = tmp_path / "params.yaml"
     params.write_text(json.dumps({"train": {

@@ -11,9 +11,9 @@ import yaml
 
 from vis_core.engine import stages
 from vis_core.engine.checkpoint import atomic_torch_save
-from vis_core.engine.cli_infer import load_trained_method
 from vis_core.engine.config import TrainConfig, from_dict
 from vis_core.engine.infer import InferConfig, run_inference
+from vis_core.engine.runs import load_trained_method
 from vis_core.eval import evaluate
 from vis_core.methods.registry import build_method
 

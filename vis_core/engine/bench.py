@@ -50,7 +50,7 @@ def pingpong_frames(num_frames: int, height: int = 96, width: int = 160, period:
 
 
 def _build(method: str, run: str | None):
-    from vis_core.engine.cli_infer import load_trained_method
+    from vis_core.engine.runs import load_trained_method
     from vis_core.methods.registry import build_method
 
     if run:

@@ -32,6 +32,7 @@ __all__ = [
     "capture_rng_state",
     "restore_rng_state",
     "load_model_weights",
+    "load_state_dict_matching",
     "numbered_checkpoints",
     "export_weights",
     "unwrap_model",
@@ -153,7 +154,11 @@ def load_model_weights(model: nn.Module, path: str | Path) -> tuple[list[str], l
     Parameters whose shape differs (e.g. a class head trained for another dataset) are skipped and reported
     like missing keys. Returns ``(missing_keys, unexpected_keys)``.
     """
-    state = load_torch_file(path)
+    return load_state_dict_matching(model, load_torch_file(path))
+
+
+def load_state_dict_matching(model: nn.Module, state: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """:func:`load_model_weights` from an already-read checkpoint (a training state or a bare state dict)."""
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     model = unwrap_model(model)

@@ -4,25 +4,26 @@
         --out outputs/idol/results.json [--scales 96 128] [--mode hold_all] [--set model.key=value ...]
 
 ``--run`` is a training output directory (``config.yaml`` + ``model_final.pth`` or ``last.pth``, as written
-by ``vis train``); ``--set`` overrides test-time keys of the method's config (tracker thresholds, ...).
+by ``vis train``) or a checkpoint file of one (:func:`vis_core.engine.runs.load_trained_method`); ``--set``
+overrides test-time keys of the method's config (tracker thresholds, ...).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
-import yaml
 
-from vis_core.engine.config import ConfigError, apply_overrides
+from vis_core.engine.config import ConfigError
 from vis_core.engine.infer import InferConfig, run_inference
+from vis_core.engine.runs import load_trained_method
 from vis_core.io.weights import UnsafeCheckpointError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="training output dir (config.yaml + checkpoint)")
+    parser.add_argument("--run", required=True,
+                        help="training output dir (config.yaml + checkpoint), or a checkpoint file of one")
     parser.add_argument("--checkpoint", default=None, help="checkpoint file (default: model_final.pth or last.pth)")
     parser.add_argument("--gt", required=True, help="annotation json whose videos are processed")
     parser.add_argument("--image-root", required=True, help="folder of <video>/<frame>.jpg")
@@ -36,33 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     parser.add_argument("--timing", default=None, help="write segmenter/association timing json here")
     parser.add_argument("--no-progress", action="store_true")
-
-
-def load_trained_method(run_dir: str | Path, checkpoint: str | Path | None = None,
-                        overrides: list[str] | None = None, device: str = "cpu") -> torch.nn.Module:
-    """Rebuild the method of a training run from its ``config.yaml`` and load its final weights."""
-    from vis_core.engine.checkpoint import load_model_weights
-    from vis_core.engine.config import TrainConfig, from_dict
-    from vis_core.methods.registry import build_method
-
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise ConfigError(f"{cfg_path}: no config.yaml in the run directory (was it written by `vis train`?)")
-    values = yaml.safe_load(cfg_path.read_text())
-    values = apply_overrides(values, overrides or [], str(cfg_path))
-    cfg = from_dict(TrainConfig, values, str(cfg_path))
-    method = build_method(cfg, where=f"{cfg_path}: model")
-    if checkpoint is None:
-        candidates = [run_dir / "model_final.pth", run_dir / "last.pth"]
-        checkpoint = next((c for c in candidates if c.is_file()), None)
-        if checkpoint is None:
-            raise ConfigError(f"{run_dir}: no model_final.pth or last.pth checkpoint")
-    missing, unexpected = load_model_weights(method, checkpoint)
-    # Training-only heads may be absent at test time; anything else missing means the wrong checkpoint.
-    if missing:
-        raise ConfigError(f"{checkpoint}: checkpoint lacks {len(missing)} parameters, e.g. {missing[:3]}")
-    return method.to(device).eval()
 
 
 def main(args: argparse.Namespace) -> int:

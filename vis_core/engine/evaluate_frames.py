@@ -23,7 +23,7 @@ from torch import nn
 
 from vis_core.engine.frame_eval import frame_mask_ap
 
-__all__ = ["iter_annotated_frames", "evaluate_frame_ap", "load_trained_method", "main"]
+__all__ = ["iter_annotated_frames", "evaluate_frame_ap", "main"]
 
 
 def iter_annotated_frames(
@@ -140,22 +140,6 @@ def evaluate_frame_ap(
     return result
 
 
-def load_trained_method(checkpoint: str | Path, device: str = "cpu") -> nn.Module:
-    """Rebuild a method from a training checkpoint (its stored config) and load its weights."""
-    from vis_core.engine.checkpoint import CheckpointManager
-    from vis_core.engine.config import TrainConfig, from_dict
-    from vis_core.methods.registry import build_method
-
-    path = Path(checkpoint)
-    state = CheckpointManager(path.parent).load(path)
-    if "config" not in state or "model" not in state:
-        raise ValueError(f"{path}: not a vis_core training checkpoint (needs 'config' and 'model')")
-    cfg = from_dict(TrainConfig, state["config"], f"{path} config")
-    method = build_method(cfg, where=f"{path} config.model")
-    method.load_state_dict(state["model"])
-    return method.to(device).eval()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
@@ -171,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    method = load_trained_method(args.checkpoint, args.device)
+    from vis_core.engine.runs import load_trained_method
+
+    method = load_trained_method(args.checkpoint, device=args.device)
     frames = iter_annotated_frames(args.json, args.image_root, args.frame_stride)
     num_classes = getattr(getattr(method, "segmenter_cfg", None), "num_classes", None)
     result = evaluate_frame_ap(method, frames, args.max_images, min_size=args.min_size,

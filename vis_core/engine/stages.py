@@ -460,8 +460,8 @@ def _checkpoint_variant(params: dict, variant: str) -> tuple[str, dict]:
 
 def _load_for_inference(params: dict, variant: str, seed: int, checkpoint: str | None = None):
     """(method, InferConfig) of a trained variant's run, with the variant's test-time settings applied."""
-    from vis_core.engine.cli_infer import load_trained_method
     from vis_core.engine.infer import InferConfig
+    from vis_core.engine.runs import load_trained_method
 
     src, infer = _checkpoint_variant(params, variant)
     overrides = [f"model.{k}={json.dumps(v)}" for k, v in (infer.pop("model", {}) or {}).items()]
