@@ -167,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         from vis_core.io.atomic import atomic_write_text
 
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(args.out), text + "\n")
+        atomic_write_text(args.out, text + "\n")
     return 0
 
 
