@@ -10,6 +10,20 @@ except ImportError:  # not built: the numpy path is all there is (test_eval_runs
     _rle_kernels = None
 
 
+@pytest.fixture(scope="session")
+def tiny_idol_config():
+    """A TrainConfig dict of a tiny IDOL on the synthetic stream (48 x 80, 5 categories), one iteration:
+    enough to write a real run directory in seconds. Extend it with ``{**tiny_idol_config, ...}``."""
+    return {
+        "method": "idol",
+        "model": {"preset": "tiny", "num_classes": 5, "num_queries": 8, "aux_masks": False},
+        "data": {"kind": "synthetic", "synthetic": {"preset": "ovis", "seed": 0, "height": 48, "width": 80},
+                 "min_sizes": [48], "max_size": 80},
+        "solver": {"max_iter": 1, "batch_size": 1},
+        "cpu_threads": 1,
+    }
+
+
 @pytest.fixture(params=["compiled", "numpy"], scope="module")
 def eval_kernels(request):
     """Runs a module's tests once with the evaluator's compiled kernels and once with its numpy code."""

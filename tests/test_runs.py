@@ -11,21 +11,13 @@ from vis_core.cli import main as vis
 from vis_core.engine.config import ConfigError
 from vis_core.engine.runs import find_checkpoint, load_trained_method
 
-CONFIG = {
-    "method": "idol",
-    "model": {"preset": "tiny", "num_classes": 5, "num_queries": 8, "aux_masks": False},
-    "data": {"kind": "synthetic", "synthetic": {"preset": "ovis", "seed": 0, "height": 48, "width": 80},
-             "min_sizes": [48], "max_size": 80},
-    "solver": {"max_iter": 2, "batch_size": 1},
-    "checkpoint_period": 1,
-    "cpu_threads": 1,
-}
-
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, tiny_idol_config):
     root = tmp_path_factory.mktemp("run")
-    (root / "cfg.yaml").write_text(yaml.safe_dump({**CONFIG, "output_dir": str(root / "run")}))
+    cfg = {**tiny_idol_config, "solver": {"max_iter": 2, "batch_size": 1}, "checkpoint_period": 1,
+           "output_dir": str(root / "run")}
+    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     assert vis(["train", "--config", str(root / "cfg.yaml")]) == 0
     return root / "run"
 

@@ -76,19 +76,10 @@ def test_real_weights_still_load(tmp_path):
     assert np.array_equal(loaded["rng"]["numpy"][1], state["rng"]["numpy"][1])
 
 
-TINY_IDOL = {
-    "method": "idol",
-    "model": {"preset": "tiny", "num_classes": 5, "num_queries": 8, "aux_masks": False},
-    "data": {"kind": "synthetic", "synthetic": {"preset": "ovis", "seed": 0, "height": 48, "width": 80},
-             "min_sizes": [48], "max_size": 80},
-    "solver": {"max_iter": 1, "batch_size": 1},
-}
-
-
-def test_vis_infer_refuses_a_crafted_run_checkpoint(tmp_path, capsys):
+def test_vis_infer_refuses_a_crafted_run_checkpoint(tmp_path, capsys, tiny_idol_config):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump({**TINY_IDOL, "output_dir": str(run)}))
+    (run / "config.yaml").write_text(yaml.safe_dump({**tiny_idol_config, "output_dir": str(run)}))
     path, marker = crafted_torch_file(run, "model_final.pth")
     rc = vis(["infer", "--run", str(run), "--gt", str(tmp_path / "gt.json"), "--image-root", str(tmp_path),
               "--out", str(tmp_path / "out.json"), "--no-progress"])
@@ -97,9 +88,9 @@ def test_vis_infer_refuses_a_crafted_run_checkpoint(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("method, suffix", [("idol", ".pth"), ("minvis", ".pth"), ("minvis", ".pkl")])
-def test_vis_train_refuses_crafted_init_weights(tmp_path, capsys, method, suffix):
+def test_vis_train_refuses_crafted_init_weights(tmp_path, capsys, tiny_idol_config, method, suffix):
     path, marker = crafted_torch_file(tmp_path) if suffix == ".pth" else crafted_pickle(tmp_path)
-    cfg = {**TINY_IDOL, "method": method, "init_weights": str(path), "output_dir": str(tmp_path / "out")}
+    cfg = {**tiny_idol_config, "method": method, "init_weights": str(path), "output_dir": str(tmp_path / "out")}
     if method == "minvis":
         cfg["model"] = {"preset": "tiny", "num_classes": 5, "num_queries": 8}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))

@@ -38,7 +38,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -238,7 +238,8 @@ def reusable_scales(gt: YTVISAnnotations, cfg: InferConfig, single: InferConfig)
     """
     if len(cfg.scales) < 2 or single.scales:
         return []
-    if (cfg.mode, cfg.device, cfg.frame_batch) != (single.mode, single.device, single.frame_batch):
+    sizes = {"min_size", "max_size", "scales", "merge_iou"}  # merge_iou only acts after the scales
+    if any(getattr(cfg, f.name) != getattr(single, f.name) for f in fields(InferConfig) if f.name not in sizes):
         return []
     sizes = _effective_size(gt, single.min_size, single.max_size)
     return [s for s in cfg.scales if _effective_size(gt, s, cfg.max_size) == sizes]

@@ -475,7 +475,7 @@ def _load_for_inference(params: dict, variant: str, seed: int, checkpoint: str |
     return method, InferConfig(**infer)
 
 
-def _reused_scales(params: dict, variant: str, seed: int, gt_json: str, out_name: str, cfg) -> dict:
+def _reused_scales(params: dict, variant: str, seed: int, gt, out_name: str, cfg) -> dict:
     """``{scale: {video_id: entries}}`` of the multi-scale test of ``variant`` that its ``from`` variant's own
     single-scale results already hold (same checkpoint and settings; ``infer.reusable_scales``), read from
     ``outputs/<from>/seedS``. The multi-scale stage depends on those outputs in dvc.yaml."""
@@ -487,10 +487,11 @@ def _reused_scales(params: dict, variant: str, seed: int, gt_json: str, out_name
         return {}
     _, single = _checkpoint_variant(params, spec["from"])
     _, multi = _checkpoint_variant(params, variant)
-    sizes = ("min_size", "max_size", "scales", "merge_iou")  # reusable_scales compares the sizes themselves
-    same = {k: v for k, v in single.items() if k not in sizes} == {k: v for k, v in multi.items() if k not in sizes}
-    single_cfg = InferConfig(**{k: v for k, v in single.items() if k not in ("threads", "model")})
-    scales = reusable_scales(load_annotations(gt_json), cfg, single_cfg) if same else []
+    # the keys _load_for_inference takes out of the InferConfig: reusable_scales compares the rest
+    outside = ("threads", "model")
+    same = all(single.get(k) == multi.get(k) for k in outside)
+    single_cfg = InferConfig(**{k: v for k, v in single.items() if k not in outside})
+    scales = reusable_scales(gt, cfg, single_cfg) if same else []
     if not scales:
         return {}
     by_video = results_by_video(load_json(source))
@@ -520,9 +521,10 @@ def stage_infer(params: dict, variant: str, seed: int | None = None, split: str 
         ensemble_files(paths[f"{split}_json"], members, out_dir / out_name, spec.get("weights"), cfg)
     else:
         method, cfg = _load_for_inference(params, variant, seed)
-        run_inference(method, paths[f"{split}_json"], paths[f"{split}_images"], out_dir / out_name, cfg,
+        gt = load_annotations(paths[f"{split}_json"])
+        run_inference(method, gt, paths[f"{split}_images"], out_dir / out_name, cfg,
                       timing_path=out_dir / f"timing_{split}.json", progress=sys.stderr.isatty(),
-                      reuse=_reused_scales(params, variant, seed, paths[f"{split}_json"], out_name, cfg))
+                      reuse=_reused_scales(params, variant, seed, gt, out_name, cfg))
     _write_timing(out_dir, "infer", time.perf_counter() - start)
     return out_dir / out_name
 

@@ -166,7 +166,7 @@ class Mask2FormerFrame(nn.Module):
         checkpoint (ours or an official / MinVIS ``model_final_*.pkl``) loaded into ``segmenter``."""
         from pathlib import Path
 
-        from vis_core.engine.checkpoint import load_model_weights
+        from vis_core.engine.checkpoint import load_state_dict_matching
         from vis_core.io.weights import load_torch_file
         from vis_core.modeling.mask2former import load_mask2former_weights
 
@@ -175,7 +175,7 @@ class Mask2FormerFrame(nn.Module):
             if isinstance(state, dict) and isinstance(state.get("model"), dict) and any(
                 k.startswith("segmenter.") for k in state["model"]
             ):
-                missing, unexpected = load_model_weights(self, path)
+                missing, unexpected = load_state_dict_matching(self, state)
                 return f"{len(missing)} missing, {len(unexpected)} unexpected keys"
         return str(load_mask2former_weights(self.segmenter, path))
 
