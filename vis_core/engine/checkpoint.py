@@ -21,10 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from vis_core.io.atomic import atomic_path
-from vis_core.io.weights import load_torch_file
+from vis_core.io.weights import load_model_weights, load_state_dict_matching, load_torch_file, unwrap_model
 
 __all__ = [
     "atomic_torch_save",
@@ -79,11 +78,6 @@ def export_weights(checkpoint: str | Path, out: str | Path, prefix: str = "") ->
         raise ValueError(f"{checkpoint}: no model tensor starts with {prefix!r}")
     atomic_torch_save(kept, out)
     return Path(out)
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside a ``DistributedDataParallel`` wrapper (or the model itself)."""
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -146,24 +140,3 @@ class CheckpointManager:
         path = Path(path) if path is not None else self.last_path
         # full training state (optimizer, RNG tuples, numpy arrays): data only, no code runs (vis_core.io)
         return load_torch_file(path, map_location=map_location)
-
-
-def load_model_weights(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
-    """Initialise ``model`` from the ``model`` entry of a checkpoint (or a bare state dict).
-
-    Parameters whose shape differs (e.g. a class head trained for another dataset) are skipped and reported
-    like missing keys. Returns ``(missing_keys, unexpected_keys)``.
-    """
-    return load_state_dict_matching(model, load_torch_file(path))
-
-
-def load_state_dict_matching(model: nn.Module, state: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """:func:`load_model_weights` from an already-read checkpoint (a training state or a bare state dict)."""
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    model = unwrap_model(model)
-    own = model.state_dict()
-    shape_mismatch = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    state = {k: v for k, v in state.items() if k not in shape_mismatch}
-    result = model.load_state_dict(state, strict=False)
-    return list(result.missing_keys) + shape_mismatch, list(result.unexpected_keys)

@@ -40,8 +40,7 @@ def load_trained_method(run: str | Path, checkpoint: str | Path | None = None,
     Raises ConfigError naming the file when the config is missing or the checkpoint lacks model parameters
     (training-only heads may be absent at test time: only missing parameters are an error).
     """
-    from vis_core.engine.checkpoint import load_state_dict_matching
-    from vis_core.io.weights import load_torch_file
+    from vis_core.io.weights import load_state_dict_matching, load_torch_file
     from vis_core.methods.registry import build_method
 
     run = Path(run)

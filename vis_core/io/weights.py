@@ -26,8 +26,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-__all__ = ["UnsafeCheckpointError", "load_torch_file", "load_detectron2_pickle", "SAFE_NUMPY_GLOBALS"]
+__all__ = [
+    "UnsafeCheckpointError", "load_torch_file", "load_detectron2_pickle", "SAFE_NUMPY_GLOBALS",
+    "load_model_weights", "load_state_dict_matching", "unwrap_model",
+]
 
 
 class UnsafeCheckpointError(ValueError):
@@ -100,3 +104,29 @@ def load_detectron2_pickle(path: str | os.PathLike) -> Any:
         raise FileNotFoundError(f"{path}: checkpoint not found")
     with open(path, "rb") as f:
         return _DataOnlyUnpickler(f, path).load()
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel`` wrapper (or the model itself)."""
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def load_model_weights(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
+    """Initialise ``model`` from the ``model`` entry of a checkpoint (or a bare state dict).
+
+    Parameters whose shape differs (e.g. a class head trained for another dataset) are skipped and reported
+    like missing keys. Returns ``(missing_keys, unexpected_keys)``.
+    """
+    return load_state_dict_matching(model, load_torch_file(path))
+
+
+def load_state_dict_matching(model: nn.Module, state: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """:func:`load_model_weights` from an already-read checkpoint (a training state or a bare state dict)."""
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    model = unwrap_model(model)
+    own = model.state_dict()
+    shape_mismatch = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    state = {k: v for k, v in state.items() if k not in shape_mismatch}
+    result = model.load_state_dict(state, strict=False)
+    return list(result.missing_keys) + shape_mismatch, list(result.unexpected_keys)

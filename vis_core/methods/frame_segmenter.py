@@ -20,14 +20,16 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vis_core.io.weights import load_state_dict_matching, load_torch_file
 from vis_core.methods.registry import register_method
 from vis_core.modeling.criterion import build_criterion
-from vis_core.modeling.mask2former import Mask2FormerConfig, build_mask2former
+from vis_core.modeling.mask2former import Mask2FormerConfig, build_mask2former, load_mask2former_weights
 
 __all__ = ["FrameMask2FormerConfig", "Mask2FormerFrame", "clip_batch_to_frames", "instance_inference"]
 
@@ -164,12 +166,6 @@ class Mask2FormerFrame(nn.Module):
     def load_pretrained(self, path) -> str:
         """``init_weights``: a vis_core training checkpoint of this method, or a Mask2Former segmenter
         checkpoint (ours or an official / MinVIS ``model_final_*.pkl``) loaded into ``segmenter``."""
-        from pathlib import Path
-
-        from vis_core.engine.checkpoint import load_state_dict_matching
-        from vis_core.io.weights import load_torch_file
-        from vis_core.modeling.mask2former import load_mask2former_weights
-
         if Path(path).suffix == ".pth":
             state = load_torch_file(path)
             if isinstance(state, dict) and isinstance(state.get("model"), dict) and any(

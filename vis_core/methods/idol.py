@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vis_core.io.config import from_dict
 from vis_core.methods.detr_segmenter import DeformableDETRFrame, flatten_clip_batch
 from vis_core.methods.registry import register_method
 from vis_core.modeling.batchformer import BatchFormerConfig, BatchFormerV2, build_batchformer
@@ -111,8 +112,6 @@ class IDOLConfig:
     def from_dict(cls, values: Mapping) -> IDOLConfig:
         """Own keys (typed, sub-dicts included) stay; any other key must be a :class:`DeformableDETRConfig`
         field and goes to ``overrides``. A ``boundary`` dict without ``kind`` gets IDOL's ``dynamic_conv``."""
-        from vis_core.engine.config import from_dict
-
         own = {f.name for f in dataclasses.fields(cls)}
         segmenter = {f.name for f in dataclasses.fields(DeformableDETRConfig)}
         values = dict(values)

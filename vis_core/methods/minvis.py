@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vis_core.engine.config import from_dict as dataclass_from_dict
+from vis_core.io.config import from_dict as dataclass_from_dict
 from vis_core.methods.frame_segmenter import FrameMask2FormerConfig, Mask2FormerFrame, clip_batch_to_frames
 from vis_core.methods.registry import register_method
 from vis_core.modeling.batchformer import BatchFormerConfig, build_batchformer

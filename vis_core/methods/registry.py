@@ -31,6 +31,8 @@ from typing import Any
 
 from torch import nn
 
+from vis_core.io.config import ConfigError, from_dict
+
 __all__ = ["register_method", "build_method", "get_method", "available_methods", "method_config_from_dict",
            "segmenter_family"]
 
@@ -109,8 +111,6 @@ def available_methods() -> list[str]:
 
 def method_config_from_dict(config_cls: type, values: Mapping[str, Any], where: str = "model") -> Any:
     """Build the dataclass ``config_cls`` from ``values``; unknown keys raise naming ``where`` and the key."""
-    from vis_core.engine.config import ConfigError, from_dict  # late import: the engine imports this registry
-
     custom = getattr(config_cls, "from_dict", None)
     if callable(custom):
         try:
