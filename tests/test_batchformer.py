@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from vis_core.modeling.batchformer import BatchFormerConfig, BatchFormerV2, build_batchformer, tile_batch
+from vis_core.modeling.batchformer import (
+    BatchFormerConfig,
+    BatchFormerHook,
+    BatchFormerV2,
+    batchformer_hooks,
+    build_batchformer,
+    tile_batch,
+)
+from vis_core.modeling.mask2former import Mask2FormerConfig, build_mask2former
 
 
 @pytest.mark.parametrize("batch_dim", [0, 1])
@@ -104,3 +112,43 @@ def test_defaults_and_build():
     assert sep[0] is not sep[1] and sep[1].batch_dim == 1
     with pytest.raises(ValueError, match="batch_dim"):
         BatchFormerV2(8, batch_dim=2)
+
+
+def test_hooks_first_point_starts_the_streams_later_ones_remix_the_second():
+    assert batchformer_hooks(BatchFormerConfig(), 8) is None
+    cfg = BatchFormerConfig(enabled=True, insert_idx=[2, 0], shared=False, dropout=0.0)
+    torch.manual_seed(0)
+    hooks = batchformer_hooks(cfg, 8)
+    assert list(hooks) == [2, 0] and all(isinstance(h, BatchFormerHook) for h in hooks.values())
+    assert hooks[0].first and not hooks[2].first  # the first point in layer order, whatever the config order
+    for hook in hooks.values():
+        hook.train()
+    x = torch.randn(3, 5, 8)
+    doubled = hooks[0](x, pos=None, padding_mask=None)  # the deformable encoder's keyword context is ignored
+    assert doubled.shape == (6, 5, 8) and torch.equal(doubled[:3], x)
+    later = hooks[2](doubled)
+    assert torch.equal(later[:3], x)
+    torch.testing.assert_close(later[3:], hooks[2].block.mix(doubled[3:]))
+    with pytest.raises(ValueError, match="repeated layers"):
+        batchformer_hooks(BatchFormerConfig(enabled=True, insert_idx=[1, 1]), 8)
+
+
+def test_two_streams_through_the_mask2former_decoder():
+    """BatchFormer before decoder layers 1 and 2 (shared block): stream one is the plain model, stream two is
+    the BatchFormer one; at test the hooks are the identity."""
+    torch.manual_seed(0)
+    model = build_mask2former(Mask2FormerConfig.tiny(num_classes=4))
+    hooks = batchformer_hooks(BatchFormerConfig(enabled=True, insert_idx=[1, 2], dropout=0.0), 32)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 255
+    model.eval()
+    with torch.no_grad():
+        plain = model(images)
+    model.predictor.set_pre_layer_hooks(hooks)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(images)["pred_logits"], plain["pred_logits"])  # eval: identity
+        model.train()
+        out = model(images)
+    assert out["pred_logits"].shape[0] == 4
+    torch.testing.assert_close(out["pred_logits"][:2], plain["pred_logits"], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(out["pred_logits"][2:], plain["pred_logits"], rtol=1e-3, atol=1e-3)

@@ -198,6 +198,17 @@ def test_batchformer_trains_two_streams_and_is_removed_at_test():
 
 
 # ---------------------------------------------------------------------------------------------- inference
+def test_segment_frame_names_the_reid_embeddings_pred_reid():
+    """The reid head's output is ``pred_reid``; ``pred_embds`` stays the name of the decoder's query embeddings."""
+    method = _method().eval()
+    image = torch.rand(3, H, W, generator=torch.Generator().manual_seed(4)) * 255
+    with torch.no_grad():
+        frame = method.segment_frame(image)
+        queries = method.model(image[None], image_sizes=[(H, W)])["pred_embds"][0]
+    assert "pred_reid" in frame and not {"pred_embeds", "pred_embds"} & set(frame)
+    torch.testing.assert_close(frame["pred_reid"], method.reid_head(queries))
+
+
 def test_streaming_and_hold_all_give_identical_results(tmp_path):
     generate(tmp_path, "ovis", seed=0, train_videos=0, valid_videos=2, frames=(5, 7), height=48, width=80)
     gt, root = tmp_path / "valid" / "instances.json", tmp_path / "valid" / "JPEGImages"

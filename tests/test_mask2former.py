@@ -1,4 +1,5 @@
-"""Mask2Former: output contract, masked attention, pre-blocks, deep supervision, weights, overfit."""
+"""Mask2Former: output contract, masked attention, pre-layer hooks, VITA outputs, deep supervision, weights,
+overfit."""
 
 from __future__ import annotations
 
@@ -122,67 +123,112 @@ def test_masked_cross_attention_ignores_masked_memory():
     assert not torch.allclose(out2[0, 1], out[0, 1])  # query 1 (unmasked by the rule) sees them
 
 
-class _TwoStreams(nn.Module):
-    """Stand-in for BatchFormerV2's two-stream training: ``cat([x, f(x)])``, or only ``f`` on the second half
-    of an already doubled batch."""
+class _Streams(nn.Module):
+    """A batch-multiplying hook: ``cat([x, 2 x, 3 x, ...])`` (``k`` streams); records its input."""
 
-    def __init__(self, scale: float):
+    def __init__(self, k: int):
         super().__init__()
-        self.scale = scale
-        self.calls: list[bool] = []
+        self.k, self.inputs = k, []
 
-    def forward(self, x, tiled=False):
-        self.calls.append(tiled)
-        if tiled:
-            plain, other = x.chunk(2)
-            return torch.cat([plain, other * self.scale])
-        return torch.cat([x, x * self.scale])
+    def forward(self, x):
+        self.inputs.append(x)
+        return torch.cat([x * (j + 1) for j in range(self.k)])
 
 
-def test_pre_block_doubles_the_batch_and_keeps_stream_one():
-    images = _images(2)
+class _AddOne(nn.Module):
+    def forward(self, x):
+        return x + 1
+
+
+def test_hook_runs_on_the_queries_right_before_its_layer():
+    model = _tiny().eval()
+    predictor = model.predictor
+    seen = {}
+
+    def record(name):  # a forward (pre-)hook that records the first tensor it sees and changes nothing
+        return lambda module, args, *out: seen.__setitem__(name, out[0] if out else args[0])
+
+    predictor.transformer_ffn_layers[0].register_forward_hook(record("ffn0"))
+    predictor.transformer_cross_attention_layers[1].register_forward_pre_hook(record("cross1"))
+    hook = _Streams(1)
+    predictor.set_pre_layer_hooks({1: nn.Sequential(hook, _AddOne())})
+    with torch.no_grad():
+        model(_images(2))
+    assert len(hook.inputs) == 1
+    assert torch.equal(hook.inputs[0], seen["ffn0"])  # input: the output of layer 0
+    assert torch.equal(seen["cross1"], seen["ffn0"] + 1)  # output: what layer 1 reads
+
+
+def test_batch_multiplying_hook_gives_k_streams():
+    images, k = _images(2), 3
     model = _tiny().eval()
     with torch.no_grad():
         plain = model(images)
-    first, second = _TwoStreams(0.5), _TwoStreams(2.0)
-    model.predictor.set_pre_blocks({1: first, 2: second})
+    model.predictor.set_pre_layer_hooks({1: _Streams(k)})
     with torch.no_grad():
-        out = model(images)
-    assert first.calls == [False] and second.calls == [True]
-    assert out["pred_logits"].shape[0] == 4 and out["pred_masks"].shape[0] == 4
-    assert out["pred_embds"].shape[0] == 4 and all(a["pred_masks"].shape[0] == 4 for a in out["aux_outputs"])
-    # stream 1 (first B samples) is the plain model: memories and mask features were tiled, not altered
+        out = model(images, num_query_layers=4)
+    for key in ("pred_logits", "pred_masks", "pred_embds"):
+        assert out[key].shape[0] == k * 2
+    assert out["pred_queries"].shape[:2] == (4, k * 2)
+    assert all(a["pred_masks"].shape[0] == k * 2 for a in out["aux_outputs"])
+    assert out["mask_features"].shape[0] == 2 and out["pixel_features"].shape[0] == 2  # shared, not tiled
+    # stream 0 (x * 1) is the plain model: memories and mask features were tiled, not altered
     for key in ("pred_logits", "pred_masks", "pred_embds"):
         torch.testing.assert_close(out[key][:2], plain[key], rtol=1e-4, atol=1e-4)
     for aux, ref in zip(out["aux_outputs"], plain["aux_outputs"], strict=True):
         torch.testing.assert_close(aux["pred_masks"][:2], ref["pred_masks"], rtol=1e-4, atol=1e-4)
-    # predictions before the block (initial queries, layer 0) are shared by both streams
+    # predictions before the hook (initial queries, layer 0) are shared by all streams, in [x0, x1, x0, x1] order
     for aux in out["aux_outputs"][:2]:
-        torch.testing.assert_close(aux["pred_logits"][2:], aux["pred_logits"][:2])
-    # the second stream went through the pre-blocks and differs
-    assert not torch.allclose(out["pred_logits"][2:], out["pred_logits"][:2])
-    after_block = out["aux_outputs"][2]["pred_logits"]
-    assert not torch.allclose(after_block[2:], after_block[:2])
+        for j in range(1, k):
+            assert torch.equal(aux["pred_logits"][2 * j: 2 * j + 2], aux["pred_logits"][:2])
+    # the other streams went through the hook and differ
+    for j in range(1, k):
+        assert not torch.allclose(out["pred_logits"][2 * j: 2 * j + 2], out["pred_logits"][:2])
+    model.train()
+    model(_images(1))["pred_logits"].sum().backward()  # gradients flow through the tiled path
 
 
-def test_pre_block_module_list_and_errors():
+def test_hook_errors():
     model = _tiny()
-    model.predictor.set_pre_blocks(nn.ModuleList([nn.Identity(), _TwoStreams(0.5), nn.Identity()]))
-    out = model(_images(1))
-    assert out["pred_logits"].shape[0] == 2
-    out["pred_logits"].sum().backward()  # gradients flow through the tiled path
-    with pytest.raises(ValueError, match="one module per decoder layer"):
-        model.predictor.set_pre_blocks(nn.ModuleList([nn.Identity()]))
-    with pytest.raises(ValueError, match="not a decoder layer index"):
-        model.predictor.set_pre_blocks({3: nn.Identity()})
+    with pytest.raises(ValueError, match="not a decoder layer"):
+        model.predictor.set_pre_layer_hooks({3: nn.Identity()})
 
-    class _AddOne(nn.Module):
+    class _AddSample(nn.Module):
         def forward(self, x):
             return torch.cat([x, x[:1]])
 
-    model.predictor.set_pre_blocks({0: _AddOne()})
-    with pytest.raises(ValueError, match="pre_block before decoder layer 0"):
+    model.predictor.set_pre_layer_hooks({0: _AddSample()})
+    with pytest.raises(ValueError, match="hook before decoder layer 0 returned shape"):
         model(_images(2))
+    model.predictor.set_pre_layer_hooks(None)
+    assert len(model.predictor.pre_layer_hooks) == 0
+
+
+def test_pred_queries_are_the_normalised_queries_of_the_last_layers():
+    cfg = Mask2FormerConfig.tiny(num_classes=10)
+    model = _tiny().eval()
+    with torch.no_grad():
+        out = model(_images(2))
+        every = model(_images(2), num_query_layers=cfg.dec_layers + 1)
+    assert out["pred_queries"].shape == (1, 2, cfg.num_queries, cfg.hidden_dim)
+    assert torch.equal(out["pred_queries"][-1], out["pred_embds"])
+    # all dec_layers + 1 predictions, oldest first: the aux layers' embeddings, then the final ones
+    assert every["pred_queries"].shape == (cfg.dec_layers + 1, 2, cfg.num_queries, cfg.hidden_dim)
+    expected = [a["pred_embds"] for a in every["aux_outputs"]] + [every["pred_embds"]]
+    assert torch.equal(every["pred_queries"], torch.stack(expected))
+    assert torch.equal(every["pred_queries"][-1], out["pred_embds"])
+    with pytest.raises(ValueError, match="num_query_layers"):
+        model(_images(1), num_query_layers=cfg.dec_layers + 2)
+
+
+def test_pixel_features_project_to_the_mask_features():
+    cfg = Mask2FormerConfig.tiny(num_classes=10)
+    model = _tiny().eval()
+    with torch.no_grad():
+        out = model(_images(2, 90, 150))
+        projected = model.pixel_decoder.mask_features(out["pixel_features"])
+    assert out["pixel_features"].shape == (2, cfg.conv_dim, 23, 38)  # stride 4, cropped like mask_features
+    torch.testing.assert_close(projected, out["mask_features"], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dec_layers", [1, 3, 9])

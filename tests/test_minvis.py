@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from vis_core.data.synthetic import generate, render_video
+from vis_core.data.video_source import tensor_video_source
 from vis_core.engine.config import ConfigError
 from vis_core.engine.infer import InferConfig, infer_video, run_inference
 from vis_core.eval import evaluate
@@ -114,7 +115,7 @@ def test_addon_losses_join_the_base_losses_and_train_the_segmenter():
 
 def test_addons_use_the_criterions_final_layer_matching():
     method = _method(**ADDONS).train()
-    calls = []
+    calls, addon_indices = [], []
 
     class Recording(torch.nn.Module):
         def __init__(self, inner):
@@ -122,15 +123,35 @@ def test_addons_use_the_criterions_final_layer_matching():
             self.inner = inner
 
         def forward(self, outputs, targets):
-            calls.append(self.inner(outputs, targets))
-            return calls[-1]
+            calls.append((outputs["pred_masks"], self.inner(outputs, targets)))
+            return calls[-1][1]
 
     method.criterion.matcher = Recording(method.criterion.matcher)
+    addon_losses = method.addon_losses
+
+    def recording_addon_losses(outputs, targets, indices):
+        addon_indices.append(indices)
+        return addon_losses(outputs, targets, indices)
+
+    method.addon_losses = recording_addon_losses
     method(_batch(seed=3))
     dec_layers = method.segmenter_cfg.dec_layers
-    assert len(calls) == 1 + (dec_layers + 1)  # the add-ons' call, then the criterion's final + aux layers
-    for (q0, t0), (q1, t1) in zip(calls[0], calls[1], strict=True):
-        assert torch.equal(q0, q1) and torch.equal(t0, t1)
+    assert len(calls) == dec_layers + 1  # the criterion's matching only: final layer first, then the aux layers
+    final_masks, final_indices = calls[0]
+    assert len(addon_indices) == 1 and addon_indices[0] is final_indices
+    assert final_masks.shape[0] == 2 * 2 and not any(masks is final_masks for masks, _ in calls[1:])
+
+
+def test_checkpoints_with_the_old_batchformer_keys_load():
+    """Before the decoder's generic hooks BatchFormer sat at ``segmenter.predictor.pre_blocks.<i>.*``."""
+    method = _method(batchformer={"enabled": True, "shared": False})
+    legacy = {k.replace("pre_layer_hooks.", "pre_blocks.").replace(".block.", "."): v
+              for k, v in method.state_dict().items()}
+    assert any(".pre_blocks.2.layer." in k for k in legacy)
+    fresh = _method(seed=1, batchformer={"enabled": True, "shared": False})
+    fresh.load_state_dict(legacy)  # strict: every key found under its new name
+    for key, value in method.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
 
 
 def test_quality_targets_are_the_matched_mask_ious():
@@ -158,7 +179,7 @@ def test_batchformer_doubles_the_training_batch_and_is_a_no_op_at_test():
     losses = method(batch)
     assert seen == [2 * 2 * 2]  # B * T frames, two streams
     sum(losses.values()).backward()
-    block = method.segmenter.predictor.pre_blocks["0"]
+    block = method.segmenter.predictor.pre_layer_hooks["0"].block
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in block.parameters())  # stream 2 trained
 
     method.eval()
@@ -166,7 +187,7 @@ def test_batchformer_doubles_the_training_batch_and_is_a_no_op_at_test():
     with torch.no_grad():
         with_bf = method(batch)
         frame = method.segment_frame(batch["images"][0, 0])
-        method.segmenter.predictor.set_pre_blocks(None)  # the same weights, BatchFormer removed
+        method.segmenter.predictor.set_pre_layer_hooks(None)  # the same weights, BatchFormer removed
         without = method(batch)
         frame_without = method.segment_frame(batch["images"][0, 0])
     assert seen[0] == 2 * 2
@@ -218,6 +239,8 @@ def test_quality_at_test_multiplies_the_video_score():
 class _ShuffledQueries:
     """Wraps a method and permutes the query order of the segmenter output of frame ``frame``."""
 
+    kind = "online"
+
     def __init__(self, method: MinVIS, frame: int, perm: torch.Tensor):
         self.method, self.frame, self.perm, self.count = method, frame, perm, 0
 
@@ -235,13 +258,13 @@ class _ShuffledQueries:
 @pytest.mark.parametrize("frame", [0, 2])
 def test_results_are_invariant_to_the_query_order_of_a_frame(frame):
     video = render_video("ovis", seed=0, index=1, split="valid")
-    frames = [(t, torch.from_numpy(f).permute(2, 0, 1).float()) for t, f in enumerate(video.frames[:5])]
+    frames = torch.from_numpy(video.frames[:5]).permute(0, 3, 1, 2).float()
     method = _method(quality={"enabled": True, "use_at_test": True}).eval()
     perm = torch.randperm(method.segmenter.num_queries, generator=torch.Generator().manual_seed(frame))
     assert not torch.equal(perm, torch.arange(len(perm)))
 
     def run(m):
-        return infer_video(m, iter(frames), (video.height, video.width), 7, list(range(1, NUM_CLASSES + 1)))
+        return infer_video(m, tensor_video_source(frames, video_id=7), list(range(1, NUM_CLASSES + 1)))
 
     reference = run(method)
     shuffled = run(_ShuffledQueries(method, frame, perm))

@@ -17,6 +17,7 @@ from vis_core.engine.config import ConfigError, SolverConfig, TrainConfig, load_
 from vis_core.engine.metrics_log import read_metrics
 from vis_core.engine.optim import build_lr_scheduler, build_optimizer
 from vis_core.engine.trainer import Trainer, TrainingBatchSampler, seed_all
+from vis_core.methods.base import VISMethod
 from vis_core.methods.registry import build_method, register_method
 
 
@@ -45,7 +46,7 @@ def toy_collate(items):
     return {key: torch.stack([it[key] for it in items]) for key in ("images", "mask")}
 
 
-class ToyMethod(nn.Module):
+class ToyMethod(VISMethod):
     """A per-pixel segmenter with a 'backbone', a norm layer, dropout and an embedding."""
 
     def __init__(self, width=8):
@@ -202,7 +203,10 @@ class ToyConfig:
     width: int = 8
 
 
-register_method("toy_test_method", config=ToyConfig)(lambda cfg: ToyMethod(cfg.width))
+@register_method("toy_test_method", config=ToyConfig)
+class RegisteredToyMethod(ToyMethod):
+    def __init__(self, cfg: ToyConfig):
+        super().__init__(cfg.width)
 
 
 def test_config_from_yaml_with_overrides_and_errors(tmp_path):

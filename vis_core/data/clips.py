@@ -29,7 +29,6 @@ from vis_core.data.transforms import (
     ClipAugmentation,
     boxes_xyxy_to_cxcywh_norm,
     masks_to_boxes,
-    resize_for_inference,
 )
 from vis_core.data.ytvis import VISFormatError, decode_segmentation, load_annotations
 
@@ -269,15 +268,8 @@ def iter_video_frames(
     max_size: int | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Stream one video for inference: yields ``(frame_index, (3, H, W) float32 RGB 0..255)`` one frame at a
-    time, resized with the shortest-edge rule when ``min_size`` is given. Only one frame is held in memory."""
-    ann = load_annotations(json_path_or_ann)
-    if video_id not in ann.videos:
-        raise VISFormatError(f"{ann.name}: no video with id {video_id}")
-    video = ann.videos[video_id]
-    if "file_names" not in video:
-        raise VISFormatError(f"{ann.name}: video {video_id}: field 'file_names' is needed to read frames")
-    root = Path(image_root)
-    where = f"{ann.name}: video {video_id}: "
-    for t, name in enumerate(video["file_names"]):
-        frame = read_frame(root / name, video["height"], video["width"], f"{where}frame {t}: ")
-        yield t, resize_for_inference(to_tensor(frame), min_size, max_size)
+    time, resized with the shortest-edge rule when ``min_size`` is given. Only one frame is held in memory
+    (iteration over :func:`vis_core.data.video_source.folder_video_source`)."""
+    from vis_core.data.video_source import folder_video_source
+
+    yield from folder_video_source(json_path_or_ann, image_root, video_id, min_size, max_size)

@@ -10,7 +10,7 @@ input itself takes no memory that grows with ``T``: what grows is what the runne
 
 Output (``bench/latency.json``, read by the report builder)::
 
-    {"device": str, "records": [{"method", "mode", "T", "ms_per_frame", "segmenter_ms_per_frame",
+    {"device": str, "records": [{"method", "kind", "mode", "T", "ms_per_frame", "segmenter_ms_per_frame",
                                   "association_ms_per_frame", "peak_rss_mb", "peak_cuda_mb"}]}
 """
 
@@ -24,7 +24,6 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["measure", "run_benchmarks", "add_arguments", "main"]
@@ -35,18 +34,19 @@ DEFAULT_MODELS = {
 }
 
 
-def pingpong_frames(num_frames: int, height: int = 96, width: int = 160, period: int = 24,
-                    seed: int = 0) -> Iterator[tuple[int, torch.Tensor]]:  # noqa: F821
-    """``num_frames`` frames of a synthetic ``ovis`` video played back and forth (only ``period`` stored)."""
+def pingpong_source(num_frames: int, height: int = 96, width: int = 160, period: int = 24, seed: int = 0):
+    """A :class:`~vis_core.data.video_source.VideoSource` of ``num_frames`` frames of a synthetic ``ovis`` video
+    played back and forth (only ``period`` frames stored)."""
     import torch
 
     from vis_core.data.synthetic import make_config, render_video
+    from vis_core.data.video_source import tensor_video_source
 
     video = render_video(make_config("ovis", frames=(period, period), height=height, width=width), seed, 0)
     frames = torch.from_numpy(video.frames).permute(0, 3, 1, 2).float()
     cycle = list(range(period)) + list(range(period - 2, 0, -1))
-    for t in range(num_frames):
-        yield t, frames[cycle[t % len(cycle)]]
+    return tensor_video_source(lambda t: frames[cycle[t % len(cycle)]], num_frames=num_frames,
+                               frame_size=(height, width))
 
 
 def _build(method: str, run: str | None):
@@ -63,23 +63,28 @@ def measure(method: str, mode: str, num_frames: int, run: str | None = None, dev
     """One configuration in this process (call through :func:`run_benchmarks` for a clean peak RSS)."""
     import torch
 
-    from vis_core.engine.infer import VideoTiming, infer_video
+    from vis_core.engine.infer import InferConfig, VideoTiming, infer_video
+    from vis_core.methods.base import method_kind
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = _build(method, run).to(device)
+    kind = method_kind(model)
+    if kind != "online" and mode in ("streaming", "hold_all"):
+        raise ValueError(f"{method} is a {kind} method: modes streaming / hold_all are for online methods")
+    cfg = InferConfig(mode=mode, device=device)
     timing = VideoTiming()
     category_ids = list(range(1, model.num_classes + 1))
     # warm-up on a few frames so that one-off allocations do not count as per-frame time
-    infer_video(model, pingpong_frames(3), (96, 160), 0, category_ids, mode, device)
+    infer_video(model, pingpong_source(3), category_ids, cfg)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    results = infer_video(model, pingpong_frames(num_frames), (96, 160), 0, category_ids, mode, device, timing)
+    results = infer_video(model, pingpong_source(num_frames), category_ids, cfg, timing)
     wall = time.perf_counter() - start
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return {
-        "method": method, "mode": mode, "T": num_frames,
+        "method": method, "kind": kind, "mode": mode, "T": num_frames,
         "ms_per_frame": 1000 * wall / num_frames,
         "segmenter_ms_per_frame": 1000 * timing.segmenter_s / num_frames,
         "association_ms_per_frame": 1000 * timing.association_s / num_frames,

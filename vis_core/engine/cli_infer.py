@@ -1,7 +1,9 @@
-"""``vis infer``: run a trained online method over a video set and write a YouTube-VIS results json.
+"""``vis infer``: run a trained method (online, clip or offline) over a video set and write a YouTube-VIS
+results json, through the one runner (:mod:`vis_core.engine.infer`).
 
     vis infer --run runs/idol/seed0 --gt data/valid/instances.json --image-root data/valid/JPEGImages \\
         --out outputs/idol/results.json [--scales 96 128] [--mode hold_all] [--set model.key=value ...]
+        [--window 18 --stride 3] [--memory-budget-mb 8000]
 
 ``--run`` is a training output directory (``config.yaml`` + ``model_final.pth`` or ``last.pth``, as written
 by ``vis train``) or a checkpoint file of one (:func:`vis_core.engine.runs.load_trained_method`); ``--set``
@@ -16,7 +18,7 @@ import sys
 import torch
 
 from vis_core.engine.config import ConfigError
-from vis_core.engine.infer import InferConfig, run_inference
+from vis_core.engine.infer import InferConfig, MemoryBudgetError, run_inference
 from vis_core.engine.runs import load_trained_method
 from vis_core.io.weights import UnsafeCheckpointError
 
@@ -32,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-size", type=int, default=None, help="test shortest side (default: as stored)")
     parser.add_argument("--max-size", type=int, default=None)
     parser.add_argument("--scales", type=int, nargs="*", default=[], help="multi-scale test shortest sides")
+    parser.add_argument("--window", type=int, default=None, help="clip methods: frames per window")
+    parser.add_argument("--stride", type=int, default=None, help="clip methods: frames between windows")
+    parser.add_argument("--memory-budget-mb", type=float, default=None,
+                        help="offline methods: refuse a video predicted to need more (default: half the RAM)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="model.KEY=VALUE")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
@@ -47,9 +53,18 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError, UnsafeCheckpointError) as e:
         print(f"vis infer: {e}", file=sys.stderr)
         return 1
-    cfg = InferConfig(min_size=args.min_size, max_size=args.max_size, scales=list(args.scales),
-                      mode=args.mode, device=args.device)
-    out = run_inference(method, args.gt, args.image_root, args.out, cfg, progress=not args.no_progress,
-                        timing_path=args.timing)
+    try:
+        cfg = InferConfig(min_size=args.min_size, max_size=args.max_size, scales=list(args.scales),
+                          mode=args.mode, device=args.device, window=args.window, stride=args.stride,
+                          memory_budget_mb=args.memory_budget_mb)
+    except ValueError as e:
+        print(f"vis infer: {e}", file=sys.stderr)
+        return 1
+    try:
+        out = run_inference(method, args.gt, args.image_root, args.out, cfg, progress=not args.no_progress,
+                            timing_path=args.timing)
+    except MemoryBudgetError as e:  # refused before the video is read: nothing half-written for it
+        print(f"vis infer: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {out}")
     return 0

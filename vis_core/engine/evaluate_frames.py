@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
     method = load_trained_method(args.checkpoint, device=args.device)
     frames = iter_annotated_frames(args.json, args.image_root, args.frame_stride)
-    num_classes = getattr(getattr(method, "segmenter_cfg", None), "num_classes", None)
+    num_classes = method.num_classes
     result = evaluate_frame_ap(method, frames, args.max_images, min_size=args.min_size,
                                max_size=args.max_size, num_classes=num_classes)
     text = json.dumps(result, indent=2)

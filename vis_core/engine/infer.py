@@ -1,24 +1,32 @@
-"""The inference runner: online VIS methods over whole videos, written as a YouTube-VIS results json.
+"""The one inference runner: every VIS method kind over whole videos, written as a YouTube-VIS results json.
 
-Every online method (IDOL, MinVIS, ...) implements two calls, split so that the runner can time and order them:
+A method declares its kind (:mod:`vis_core.methods.base`); :func:`infer_video` drives it over a
+:class:`~vis_core.data.video_source.VideoSource` (length, lazy indexed frame reads) accordingly:
 
-* ``method.segment_frame(image (3, H, W) float 0..255) -> dict[str, Tensor]``: the frame-level segmenter,
-  no state; low-resolution outputs (e.g. query mask logits at stride 4), never full-resolution masks;
-* ``method.new_associator(output_size (H, W)) -> associator`` with ``associator.update(frame_out)`` (consumes
-  one frame's outputs, keeps only per-track state and writes the kept masks as RLE at once) and
-  ``associator.finalize(video_id, category_ids) -> list[results entries]``.
+* ``online`` (IDOL, MinVIS): ``method.segment_frame(s)`` (the frame-level segmenter, no state, low-resolution
+  outputs) then ``associator.update(frame_out)`` frame by frame, and ``associator.finalize``. Modes:
 
-Modes:
+  - ``streaming`` (default): segment a frame (or ``frame_batch`` consecutive frames in one batched pass),
+    associate it, drop it. Peak memory does not grow with the video length beyond the RLE output itself.
+  - ``hold_all``: segment every frame first and keep all outputs (Q x T x H/4 x W/4 query masks), associate at
+    the end, which mirrors the memory behaviour of the official IDOL/MinVIS code. It calls the very same
+    ``update`` on the very same tensors, so both modes give identical results (tested); it exists for the
+    memory benchmark.
 
-* ``streaming`` (default): segment a frame, associate it, drop it. Peak memory does not grow with the video
-  length beyond the RLE output itself.
-* ``hold_all``: segment every frame first and keep all outputs (Q x T x H/4 x W/4 query masks), associate at the
-  end, which mirrors the memory behaviour of the official IDOL/MinVIS code. It calls the very same
-  ``update`` on the very same tensors, so both modes give identical results (tested); it exists for the
-  memory benchmark.
+* ``clip`` (VITA): windows of ``window`` frames every ``stride`` frames, the last one aligned to the video end.
+  Each frame is segmented once; its outputs stay cached while a window still covers it, so at most one
+  window's outputs are alive. ``associator.update_window(start, outs, final_before)`` gets each window and the
+  first frame a later window covers (earlier frames are final and leave as RLE).
+
+* ``offline`` (DVIS's refiner, Propose-Reduce): ``method.infer_offline(source, category_ids, timing)`` with
+  random access to the whole video. Its memory grows with T, so first the method's ``memory_bytes(T, (h, w))``
+  is checked against ``InferConfig.memory_budget_mb`` and a video that would not fit is refused with a
+  :class:`MemoryBudgetError` naming the video, the prediction, the budget and the modes that would fit,
+  instead of the process being killed half way. A clip method that declares ``memory_bytes`` gets the same
+  check for its window.
 
 Multi-scale test (report 001): the video is run once per shortest-side size in ``scales`` (each scale with its
-own associator, streaming), then each scale's results are merged per category by
+own associator), then each scale's results are merged per category by
 :func:`vis_core.tracking.multiscale.merge_multiscale`: tracks matched across scales on video mask IoU >= 0.5
 average their scores (a scale that missed the track counts 0) and vote their per-frame masks (pixel kept when
 at least half the scales that have the track mark it).
@@ -34,44 +42,38 @@ final json is written atomically and the partial file removed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from vis_core.data.clips import iter_video_frames
 from vis_core.data.transforms import shortest_edge_size
+from vis_core.data.video_source import VideoSource, folder_video_source
 from vis_core.data.ytvis import YTVISAnnotations, load_annotations, save_json
+from vis_core.methods.base import method_kind
 from vis_core.tracking.multiscale import ScaleTrack, merge_multiscale
 
 __all__ = [
-    "InferConfig", "OnlineMethod", "VideoTiming", "infer_video", "infer_video_multiscale", "results_by_video",
-    "reusable_scales", "run_inference",
+    "InferConfig", "MemoryBudgetError", "VideoTiming", "check_memory_budget", "infer_video",
+    "infer_video_multiscale", "results_by_video", "reusable_scales", "run_inference", "window_starts",
 ]
-
-
-class Associator(Protocol):
-    def update(self, frame_out: dict[str, torch.Tensor]) -> None: ...
-
-    def finalize(self, video_id: int, category_ids: Sequence[int]) -> list[dict]: ...
-
-
-class OnlineMethod(Protocol):
-    def segment_frame(self, image: torch.Tensor) -> dict[str, torch.Tensor]: ...
-
-    def new_associator(self, output_size: tuple[int, int]) -> Associator: ...
 
 
 @dataclass
 class InferConfig:
     """Test-time settings. ``min_size``/``max_size``: shortest-side resize (None keeps the stored size);
-    ``scales``: several shortest sides for the multi-scale test (overrides ``min_size``)."""
+    ``scales``: several shortest sides for the multi-scale test (overrides ``min_size``); ``mode``: online
+    methods' ``streaming`` or ``hold_all``; ``frame_batch``: frames segmented per batched pass (online and clip
+    methods; association stays per frame / per window); ``window`` / ``stride``: clip methods' window and
+    stride in frames (None: the method's own); ``memory_budget_mb``: offline methods' (and clip windows')
+    predicted peak memory above which a video is refused (None: half the machine's physical memory)."""
 
     min_size: int | None = None
     max_size: int | None = None
@@ -79,95 +81,188 @@ class InferConfig:
     mode: str = "streaming"
     merge_iou: float = 0.5
     device: str = "cpu"
-    frame_batch: int = 1  # frames segmented per batched pass (online methods; association stays per frame)
+    frame_batch: int = 1
+    window: int | None = None
+    stride: int | None = None
+    memory_budget_mb: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("streaming", "hold_all"):
             raise ValueError(f"InferConfig.mode must be 'streaming' or 'hold_all', got {self.mode!r}")
         if self.frame_batch < 1:
             raise ValueError(f"InferConfig.frame_batch must be >= 1, got {self.frame_batch}")
+        for name in ("window", "stride"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"InferConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.memory_budget_mb is not None and self.memory_budget_mb <= 0:
+            raise ValueError(f"InferConfig.memory_budget_mb must be > 0, got {self.memory_budget_mb}")
+
+    def memory_budget_bytes(self) -> int:
+        if self.memory_budget_mb is not None:
+            return int(self.memory_budget_mb * 2**20)
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+class MemoryBudgetError(RuntimeError):
+    """A video whose predicted inference memory exceeds ``InferConfig.memory_budget_mb``."""
 
 
 @dataclass
 class VideoTiming:
-    """Wall seconds of one video, split into segmenter and association time."""
+    """Wall seconds of one or more videos, split into segmenter and association time."""
 
     frames: int = 0
     segmenter_s: float = 0.0
     association_s: float = 0.0
+    device: str = "cpu"
 
     def add(self, other: VideoTiming) -> None:
         self.frames += other.frames
         self.segmenter_s += other.segmenter_s
         self.association_s += other.association_s
 
+    @contextlib.contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        """Add the wall time of the block (CUDA synchronised) to ``segmenter`` or ``association``."""
+        start = time.perf_counter()
+        yield
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        if name == "segmenter":
+            self.segmenter_s += elapsed
+        elif name == "association":
+            self.association_s += elapsed
+        else:
+            raise ValueError(f"VideoTiming.part: unknown part {name!r}")
 
-def _sync(device: torch.device | str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+
+def _segment(method: Any, source: VideoSource, frame_ids: Sequence[int], cfg: InferConfig,
+             timing: VideoTiming) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """``(t, segment_frame outputs)`` of the given consecutive frames, ``cfg.frame_batch`` per batched pass
+    (the segmenter of an online or clip method is per frame: the outputs are those of frame-by-frame calls up
+    to float rounding). Frames are read only when their batch is due."""
+    for i in range(0, len(frame_ids), cfg.frame_batch):
+        ids = frame_ids[i:i + cfg.frame_batch]
+        images = [source[t] for t in ids]
+        groups = [[0]]  # a batched pass never mixes frame sizes
+        for j in range(1, len(images)):
+            if images[j].shape == images[groups[-1][0]].shape:
+                groups[-1].append(j)
+            else:
+                groups.append([j])
+        for group in groups:
+            with timing.part("segmenter"):
+                if len(group) == 1:
+                    outs = [method.segment_frame(images[group[0]].to(cfg.device))]
+                else:
+                    outs = method.segment_frames(torch.stack([images[j] for j in group]).to(cfg.device))
+            timing.frames += len(group)
+            yield from zip((ids[j] for j in group), outs, strict=True)
 
 
-def _segment(method: OnlineMethod, images: list[torch.Tensor], device: str) -> list[dict[str, torch.Tensor]]:
-    """Segment a few frames of one size: one batched pass when the method has ``segment_frames``."""
-    batched = getattr(method, "segment_frames", None)
-    if batched is not None and len(images) > 1:
-        return batched(torch.stack(images).to(device))
-    return [method.segment_frame(image.to(device)) for image in images]
+def _infer_online(method: Any, source: VideoSource, category_ids: Sequence[int], cfg: InferConfig,
+                  timing: VideoTiming) -> list[dict]:
+    associator = method.new_associator(source.output_size)
+    held: list[dict[str, torch.Tensor]] = []
+    for _, out in _segment(method, source, range(len(source)), cfg, timing):
+        if cfg.mode == "hold_all":
+            held.append(out)
+            continue
+        with timing.part("association"):
+            associator.update(out)
+    with timing.part("association"):
+        for out in held:  # hold_all: the official order of work, all frames' outputs alive at once
+            associator.update(out)
+        return associator.finalize(source.video_id, category_ids)
 
 
-def _batches(frames: Iterable[tuple[int, torch.Tensor]], size: int):
-    """Consecutive frames in groups of at most ``size`` (a group never mixes frame sizes)."""
-    group: list[torch.Tensor] = []
-    for _, image in frames:
-        if group and (len(group) == size or image.shape != group[0].shape):
-            yield group
-            group = []
-        group.append(image)
-    if group:
-        yield group
+def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
+    """First frames of the clip windows over ``num_frames`` frames: every ``stride`` frames, the last window
+    aligned to the video end (every frame covered, no window cut short); one window when ``window >= T``."""
+    if window < 1 or stride < 1:
+        raise ValueError(f"window and stride must be >= 1, got {window} and {stride}")
+    last = max(num_frames - window, 0)
+    starts = list(range(0, last + 1, stride))
+    if starts[-1] != last:
+        starts.append(last)
+    return starts
+
+
+def _frames_held(method: Any, num_frames: int, cfg: InferConfig) -> int:
+    """Frames whose state a clip (one window) or offline (the whole video) method holds at once."""
+    if method_kind(method) == "clip":
+        return min(cfg.window or method.window, num_frames)
+    return num_frames
+
+
+def _infer_clip(method: Any, source: VideoSource, category_ids: Sequence[int], cfg: InferConfig,
+                timing: VideoTiming) -> list[dict]:
+    window = _frames_held(method, len(source), cfg)
+    stride = cfg.stride or method.stride
+    check_memory_budget(method, source, cfg, frames_held=window)
+    associator = method.new_clip_associator(source.output_size, len(source))
+    cache: dict[int, dict[str, torch.Tensor]] = {}
+    starts = window_starts(len(source), window, stride)
+    for i, start in enumerate(starts):
+        todo = [t for t in range(start, start + window) if t not in cache]
+        cache.update(_segment(method, source, todo, cfg, timing))
+        final_before = starts[i + 1] if i + 1 < len(starts) else len(source)
+        with timing.part("association"):
+            associator.update_window(start, [cache[t] for t in range(start, start + window)], final_before)
+        for t in [t for t in cache if t < final_before]:  # no later window covers these frames
+            del cache[t]
+    with timing.part("association"):
+        return associator.finalize(source.video_id, category_ids)
+
+
+def check_memory_budget(method: Any, source: VideoSource, cfg: InferConfig, frames_held: int | None = None) -> None:
+    """Refuse (:class:`MemoryBudgetError`) a video whose predicted peak, ``method.memory_bytes(frames_held,
+    frame_size)``, exceeds the budget; the message lists the method's lower-memory modes that would fit
+    (its optional ``lower_memory_modes(T, frame_size) -> {description: bytes}``). Methods that declare no
+    ``memory_bytes`` (online ones: flat in T) are not checked."""
+    predict = getattr(method, "memory_bytes", None)
+    if predict is None:
+        return
+    frames_held = len(source) if frames_held is None else frames_held
+    need, budget = int(predict(frames_held, source.frame_size)), cfg.memory_budget_bytes()
+    if need <= budget:
+        return
+    alternatives = getattr(method, "lower_memory_modes", lambda *_: {})(len(source), source.frame_size)
+    fits = [f"{mode} (~{size / 2**20:.0f} MiB)" for mode, size in alternatives.items() if size <= budget]
+    h, w = source.frame_size
+    raise MemoryBudgetError(
+        f"video {source.video_id} ({len(source)} frames at {h}x{w}): {type(method).__name__} "
+        f"({method_kind(method)}, {frames_held} frames held) needs about {need / 2**20:.0f} MiB, over the "
+        f"budget of {budget / 2**20:.0f} MiB (InferConfig.memory_budget_mb); "
+        + (f"modes that fit: {', '.join(fits)}" if fits else "no mode of this method fits: raise the budget, "
+           "use a machine with more memory or a lower test resolution (min_size)")
+    )
+
+
+def _infer_offline(method: Any, source: VideoSource, category_ids: Sequence[int], cfg: InferConfig,
+                   timing: VideoTiming) -> list[dict]:
+    check_memory_budget(method, source, cfg)
+    return method.infer_offline(source, category_ids, timing)
+
+
+_RUNNERS = {"online": _infer_online, "clip": _infer_clip, "offline": _infer_offline}
 
 
 @torch.no_grad()
-def infer_video(
-    method: OnlineMethod,
-    frames: Iterable[tuple[int, torch.Tensor]],
-    output_size: tuple[int, int],
-    video_id: int,
-    category_ids: Sequence[int],
-    mode: str = "streaming",
-    device: str = "cpu",
-    timing: VideoTiming | None = None,
-    frame_batch: int = 1,
-) -> list[dict]:
-    """Run one video. ``frames`` yields ``(t, image (3, h, w))``; masks are written at ``output_size``.
-
-    ``frame_batch`` > 1 segments that many consecutive frames in one batched pass (the segmenter of an online
-    method is per frame, so the outputs are those of frame-by-frame calls up to float rounding); association
-    stays frame by frame and in order, and memory stays flat in T (at most ``frame_batch`` frames' outputs).
-    """
+def infer_video(method: Any, source: VideoSource, category_ids: Sequence[int], cfg: InferConfig | None = None,
+                timing: VideoTiming | None = None) -> list[dict]:
+    """Results entries of one video: ``method`` run over ``source`` as its kind says (module docstring);
+    masks are written at ``source.output_size``. ``timing`` accumulates frames and segmenter / association
+    seconds."""
+    cfg = cfg or InferConfig()
+    kind = method_kind(method)
+    if kind not in _RUNNERS:
+        raise TypeError(f"{type(method).__name__} has no video inference (kind {kind!r}; "
+                        f"the runner drives {sorted(_RUNNERS)})")
     timing = timing if timing is not None else VideoTiming()
-    associator = method.new_associator(tuple(output_size))
-    held: list[dict[str, torch.Tensor]] = []
-    for images in _batches(frames, max(1, frame_batch)):
-        t0 = time.perf_counter()
-        outs = _segment(method, images, device)
-        _sync(device)
-        t1 = time.perf_counter()
-        timing.segmenter_s += t1 - t0
-        timing.frames += len(images)
-        if mode == "hold_all":
-            held.extend(outs)
-            continue
-        for out in outs:
-            associator.update(out)
-        _sync(device)
-        timing.association_s += time.perf_counter() - t1
-    t1 = time.perf_counter()
-    for out in held:  # hold_all: the official order of work, all frames' outputs alive at once
-        associator.update(out)
-    results = associator.finalize(video_id, category_ids)
-    timing.association_s += time.perf_counter() - t1
-    return results
+    timing.device = cfg.device
+    return _RUNNERS[kind](method, source, category_ids, cfg, timing)
 
 
 def merge_scale_results(per_scale: Sequence[list[dict]], iou_threshold: float = 0.5) -> list[dict]:
@@ -191,7 +286,7 @@ def merge_scale_results(per_scale: Sequence[list[dict]], iou_threshold: float = 
 
 
 def infer_video_multiscale(
-    method: OnlineMethod,
+    method: Any,
     gt: YTVISAnnotations,
     image_root: str | os.PathLike,
     video_id: int,
@@ -202,19 +297,14 @@ def infer_video_multiscale(
 ) -> list[dict]:
     """One video at every size in ``cfg.scales`` (or once at ``cfg.min_size``), merged across scales.
     ``reuse[size][video_id]``, when present, is taken as that scale's results instead of running it."""
-    video = gt.videos[video_id]
-    output_size = (video["height"], video["width"])
     sizes = cfg.scales or [cfg.min_size]
     per_scale = []
     for size in sizes:
         if video_id in (reuse or {}).get(size, {}):
             per_scale.append(list(reuse[size][video_id]))
             continue
-        frames = iter_video_frames(gt, image_root, video_id, size, cfg.max_size)
-        per_scale.append(
-            infer_video(method, frames, output_size, video_id, category_ids, cfg.mode, cfg.device, timing,
-                        cfg.frame_batch)
-        )
+        source = folder_video_source(gt, image_root, video_id, size, cfg.max_size)
+        per_scale.append(infer_video(method, source, category_ids, cfg, timing))
     if len(per_scale) == 1:
         return per_scale[0]
     return merge_scale_results(per_scale, cfg.merge_iou)
@@ -286,10 +376,11 @@ def run_inference(
     a YouTube-VIS results json to ``out_path``; resumes from ``<out>.partial.jsonl`` if present.
 
     ``category_ids`` maps the method's contiguous labels to dataset category ids (default: the sorted ids of
-    ``gt``). ``timing_path`` gets ``{frames, segmenter_s, association_s, wall_s}`` as json (frames counts the
-    frames segmented here, so not those of reused scales). ``reuse``: ``{scale: {video_id: entries}}``,
-    results of a scale of ``cfg.scales`` that are already known (module docstring); a video missing from it
-    is simply run at that scale.
+    ``gt``). A clip or offline method whose predicted memory exceeds the budget on any video is refused
+    (:class:`MemoryBudgetError`) before the first video runs. ``timing_path`` gets ``{frames, segmenter_s,
+    association_s, wall_s}`` as json (frames counts the frames segmented here, so not those of reused
+    scales). ``reuse``: ``{scale: {video_id: entries}}``, results of a scale of ``cfg.scales`` that are already
+    known (module docstring); a video missing from it is simply run at that scale.
     """
     cfg = cfg or InferConfig()
     gt = load_annotations(gt)
@@ -298,10 +389,14 @@ def run_inference(
     partial = out_path.with_name(out_path.name + ".partial.jsonl")
     done = _read_partial(partial)
     ids = list(video_ids) if video_ids is not None else gt.video_ids
+    if method_kind(method) in ("clip", "offline"):  # refuse an over-budget video before any video runs
+        for vid in ids:
+            for size in cfg.scales or [cfg.min_size]:
+                source = folder_video_source(gt, image_root, vid, size, cfg.max_size)  # reads no frame
+                check_memory_budget(method, source, cfg, _frames_held(method, len(source), cfg))
     timing = VideoTiming()
     start = time.perf_counter()
-    if hasattr(method, "eval"):
-        method.eval()
+    method.eval()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with open(partial, "a", encoding="utf-8") as log:
         bar = tqdm(ids, desc=f"infer {out_path.name}", unit="video", disable=not progress)

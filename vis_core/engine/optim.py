@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from vis_core.engine.config import SolverConfig
+from vis_core.methods.base import VISMethod
 
 __all__ = ["build_param_groups", "build_optimizer", "build_lr_scheduler", "lr_factor"]
 
@@ -34,7 +35,8 @@ def _is_norm(module: nn.Module) -> bool:
 
 def build_param_groups(model: nn.Module, cfg: SolverConfig) -> list[dict]:
     """AdamW groups, one per distinct (lr, weight_decay), with the parameter names kept for inspection."""
-    key_fn = getattr(model, "param_groups_key", None)
+    # a VISMethod names its backbone parameters (vis_core.methods.base); any other module: a ``backbone.*`` prefix
+    key_fn = model.param_groups_key if isinstance(model, VISMethod) else None
     groups: dict[tuple[float, float], dict] = {}
     seen: set[int] = set()
     for module_name, module in model.named_modules():
@@ -43,7 +45,7 @@ def build_param_groups(model: nn.Module, cfg: SolverConfig) -> list[dict]:
                 continue
             seen.add(id(param))
             name = f"{module_name}.{param_name}" if module_name else param_name
-            kind = key_fn(name) if callable(key_fn) else ("backbone" if name.startswith("backbone.") else "")
+            kind = key_fn(name) if key_fn is not None else ("backbone" if name.startswith("backbone.") else "")
             lr = cfg.lr * (cfg.backbone_multiplier if kind == "backbone" else 1.0)
             if _is_norm(module):
                 wd = cfg.weight_decay_norm

@@ -40,6 +40,7 @@ from vis_core.engine.checkpoint import (
 from vis_core.engine.config import ConfigError, TrainConfig, to_dict
 from vis_core.engine.metrics_log import MetricsLogger
 from vis_core.engine.optim import build_lr_scheduler, build_optimizer
+from vis_core.methods.base import VISMethod
 
 __all__ = ["Trainer", "TrainingBatchSampler", "SeededSampleDataset", "seed_all", "move_to_device", "train"]
 
@@ -234,9 +235,9 @@ class Trainer:
             return True
         if self.cfg.init_weights:
             # a method may know foreign checkpoint formats (e.g. official Mask2Former .pkl files)
-            loader = getattr(unwrap_model(self.model), "load_pretrained", None)
-            if callable(loader):
-                report = loader(self.cfg.init_weights)
+            model = unwrap_model(self.model)
+            if isinstance(model, VISMethod):
+                report = model.load_pretrained(self.cfg.init_weights)
                 logger.info("initialised from %s: %s", self.cfg.init_weights, report)
             else:
                 missing, unexpected = load_model_weights(self.model, self.cfg.init_weights)

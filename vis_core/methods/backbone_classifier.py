@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vis_core.methods.base import VISMethod
 from vis_core.methods.registry import register_method
 from vis_core.modeling.backbones.build import build_backbone
 from vis_core.modeling.deformable_detr import IMAGENET_MEAN, IMAGENET_STD
@@ -53,7 +54,7 @@ class BackboneClassifierConfig:
 
 
 @register_method("backbone_classifier", config=BackboneClassifierConfig)
-class BackboneClassifier(nn.Module):
+class BackboneClassifier(VISMethod):
     """Backbone + global average pooling of ``pooled`` outputs + a linear classifier (cross-entropy)."""
 
     segmenter_family = "backbone"  # not a segmenter: the pre-training the segmenter families start from
@@ -68,6 +69,10 @@ class BackboneClassifier(nn.Module):
         self.head = nn.Linear(channels, cfg.num_classes)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
 
     def logits(self, images: Tensor) -> Tensor:
         """``(N, 3, H, W)`` float 0..255 -> ``(N, K)`` class logits."""

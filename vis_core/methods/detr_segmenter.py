@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vis_core.methods.base import VISMethod
 from vis_core.methods.registry import register_method
 from vis_core.modeling.deformable_detr import DeformableDETR, DeformableDETRConfig, postprocess_frames
 from vis_core.modeling.idol_criterion import IDOLCriterion, idol_weight_dict
@@ -73,7 +74,7 @@ def flatten_clip_batch(batch: Mapping, device: torch.device | None = None):
 
 
 @register_method("deformable_detr_frame", config=DetrFrameConfig)
-class DeformableDETRFrame(nn.Module):
+class DeformableDETRFrame(VISMethod):
     """Per-frame IDOL segmenter + criterion.
 
     Args:
@@ -106,6 +107,11 @@ class DeformableDETRFrame(nn.Module):
             mask_out_stride=model_cfg.mask_out_stride,
             mask_head=self.model.mask_head,
         )
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of object classes (contiguous labels 0..K-1)."""
+        return self.model_cfg.num_classes
 
     def forward(self, batch: Mapping) -> dict:
         device = next(self.model.parameters()).device

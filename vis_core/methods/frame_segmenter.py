@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from vis_core.io.weights import load_state_dict_matching, load_torch_file
+from vis_core.methods.base import VISMethod
 from vis_core.methods.registry import register_method
 from vis_core.modeling.criterion import build_criterion
 from vis_core.modeling.mask2former import Mask2FormerConfig, build_mask2former, load_mask2former_weights
@@ -142,22 +142,26 @@ def instance_inference(
 
 
 @register_method("mask2former_frame", config=FrameMask2FormerConfig)
-class Mask2FormerFrame(nn.Module):
-    """Per-frame Mask2Former + set criterion.
+class Mask2FormerFrame(VISMethod):
+    """Per-frame Mask2Former + set criterion: the trunk of the Mask2Former family.
+
+    A method built on it (MinVIS; DVIS, VITA) adds its own losses on the final layer's matched queries by
+    overriding :meth:`addon_losses` and its heads in ``__init__``; segmenter, targets, criterion and matching
+    stay here.
 
     Args:
         cfg: :class:`FrameMask2FormerConfig`.
-        pre_blocks: optional decoder pre-blocks (BatchFormerV2), passed to ``build_mask2former``.
+        pre_layer_hooks: optional decoder pre-layer hooks (BatchFormerV2), passed to ``build_mask2former``.
     """
 
     # methods built on this segmenter share its pre-training (reproductions/_pretrain, one run per family)
     segmenter_family = "mask2former"
 
-    def __init__(self, cfg: FrameMask2FormerConfig, pre_blocks=None):
+    def __init__(self, cfg: FrameMask2FormerConfig, pre_layer_hooks: Mapping[int, torch.nn.Module] | None = None):
         super().__init__()
         self.cfg = cfg
         self.segmenter_cfg = cfg.segmenter_config()
-        self.segmenter = build_mask2former(self.segmenter_cfg, pre_blocks=pre_blocks)
+        self.segmenter = build_mask2former(self.segmenter_cfg, pre_layer_hooks=pre_layer_hooks)
         self.criterion = build_criterion(
             self.segmenter_cfg.num_classes, cfg.class_weight, cfg.mask_weight, cfg.dice_weight, cfg.eos_coef,
             cfg.num_points, cfg.oversample_ratio, cfg.importance_sample_ratio,
@@ -179,17 +183,36 @@ class Mask2FormerFrame(nn.Module):
         """Backbone parameters train with ``solver.backbone_multiplier`` x the base LR."""
         return "backbone" if name.startswith("segmenter.backbone.") else "default"
 
+    @property
+    def num_classes(self) -> int:
+        """K, the number of object classes (contiguous labels 0..K-1)."""
+        return self.segmenter_cfg.num_classes
+
     def forward(self, batch: Mapping) -> dict:
         images, targets = clip_batch_to_frames(batch, stride=self.segmenter_cfg.common_stride)
         outputs = self.segmenter(images)
         if not self.training:
             return outputs
         k = outputs["pred_logits"].shape[0] // len(targets)
-        if k > 1:  # a batch-multiplying pre-block (BatchFormerV2 two streams): every stream gets the GT
+        if k > 1:  # a batch-multiplying pre-layer hook (BatchFormerV2 two streams): every stream gets the GT
             targets = targets * k
         if not self.cfg.deep_supervision:
             outputs = {key: v for key, v in outputs.items() if key != "aux_outputs"}
-        return self.criterion(outputs, targets)
+        losses, indices = self.criterion(outputs, targets, return_indices=True)
+        losses.update(self.addon_losses(outputs, targets, indices[-1]))
+        return losses
+
+    def addon_losses(
+        self, outputs: dict, targets: list[dict], indices: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        """Weighted losses a method adds on the final layer's matched queries (none here).
+
+        Args:
+            outputs: segmenter outputs (``B'`` frames, ``B' = k * B`` under a batch-multiplying hook).
+            targets: the ``B'`` per-frame targets. indices: the criterion's final-layer matching, one
+                ``(query_idx, target_idx)`` per frame.
+        """
+        return {}
 
     @torch.no_grad()
     def predict_frames(

@@ -19,6 +19,10 @@ Add-ons of the challenge reports, each a config sub-dict (an ablation row is a p
 * ``batchformer``: :class:`BatchFormerConfig`: BatchFormerV2 before the chosen encoder layers, two-stream in
   training (every stream gets all losses, heads shared), the identity at test.
 
+The boundary and quality losses come from :func:`vis_core.modeling.heads.addon_losses.addon_losses`, shared
+with MinVIS (IDOL's own GT sampling, normaliser and empty-match zero are its parameters); the BatchFormer
+blocks are the encoder's pre-layer hooks of :func:`vis_core.modeling.batchformer.batchformer_hooks`.
+
 Config (``model:`` in params.yaml), flat::
 
     model: {preset: tiny, num_classes: 10, num_queries: 30, dataset: ovis, tracker: {memory_len: 3},
@@ -30,8 +34,9 @@ holds :class:`IDOLTrackerConfig` fields overriding the defaults of ``dataset`` (
 0.3).
 
 Inference follows :mod:`vis_core.engine.infer`: :meth:`IDOL.segment_frame` returns one frame's low-resolution
-outputs and :meth:`IDOL.new_associator` an :class:`IDOLAssociator` that upsamples the masks of the candidate
-queries to the output size and runs :class:`~vis_core.tracking.memory_bank.IDOLTracker`.
+outputs (its reid embeddings as ``pred_reid``, not to be confused with the queries' ``pred_embds``) and
+:meth:`IDOL.new_associator` an :class:`IDOLAssociator` that upsamples the masks of the candidate queries to the
+output size and runs :class:`~vis_core.tracking.memory_bank.IDOLTracker`.
 """
 
 from __future__ import annotations
@@ -42,33 +47,23 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from vis_core.io.config import from_dict
 from vis_core.methods.detr_segmenter import DeformableDETRFrame, flatten_clip_batch
 from vis_core.methods.registry import register_method
-from vis_core.modeling.batchformer import BatchFormerConfig, BatchFormerV2, build_batchformer
+from vis_core.modeling.batchformer import BatchFormerConfig, batchformer_hooks
 from vis_core.modeling.box_ops import box_cxcywh_to_xyxy
 from vis_core.modeling.deformable_detr import DeformableDETRConfig, postprocess_frames
 from vis_core.modeling.dynamic_mask_head import aligned_bilinear, compute_locations
-from vis_core.modeling.heads.boundary import (
-    BoundaryConfig,
-    boundary_loss,
-    boundary_targets,
-    build_boundary_head,
-)
+from vis_core.modeling.heads.addon_losses import addon_losses
+from vis_core.modeling.heads.boundary import BoundaryConfig, build_boundary_head
 from vis_core.modeling.heads.contrastive import ContrastiveEmbedHead, IDOLContrastiveLoss
-from vis_core.modeling.heads.quality import (
-    QualityConfig,
-    build_quality_head,
-    mask_iou_targets,
-    quality_loss,
-    rescore,
-)
+from vis_core.modeling.heads.quality import QualityConfig, build_quality_head, rescore
 from vis_core.modeling.idol_criterion import downsample_target_masks
 from vis_core.tracking.memory_bank import IDOLTracker, IDOLTrackerConfig
 
-__all__ = ["IDOLConfig", "IDOL", "IDOLAssociator", "EncoderBatchFormer"]
+__all__ = ["IDOLConfig", "IDOL", "IDOLAssociator"]
 
 
 def _idol_boundary() -> BoundaryConfig:
@@ -135,27 +130,6 @@ class IDOLConfig:
         return IDOLTrackerConfig.for_dataset(self.dataset, **self.tracker)
 
 
-class EncoderBatchFormer(nn.Module):
-    """Encoder pre-layer adapter: the deformable encoder calls ``module(src, pos=, padding_mask=)``. The
-    first insertion point doubles the batch (``cat([x, bf(x)])``), later ones only transform the BatchFormer
-    stream."""
-
-    def __init__(self, block: BatchFormerV2, first: bool):
-        super().__init__()
-        self.block, self.first = block, first
-
-    def forward(self, src: Tensor, pos: Tensor | None = None, padding_mask: Tensor | None = None) -> Tensor:
-        return self.block(src, tiled=not self.first)
-
-
-def _batchformer_layers(cfg: BatchFormerConfig, dim: int) -> dict[int, nn.Module] | None:
-    blocks = build_batchformer(cfg, dim, batch_dim=0)
-    if blocks is None:
-        return None
-    order = sorted(range(len(cfg.insert_idx)), key=lambda k: cfg.insert_idx[k])
-    return {cfg.insert_idx[k]: EncoderBatchFormer(blocks[k], first=rank == 0) for rank, k in enumerate(order)}
-
-
 def _select_frames(outputs: dict, index: slice) -> dict:
     """The segmenter outputs of a subset of the batch (every batch-first tensor, aux layers included)."""
     batch = outputs["pred_logits"].shape[0]
@@ -189,9 +163,12 @@ def instance_features(mask_feats: Tensor, refs: Tensor, stride: int) -> Tensor:
 class IDOL(DeformableDETRFrame):
     """IDOL = :class:`DeformableDETRFrame` + reid head + contrastive loss (+ add-ons) + memory bank."""
 
+    kind = "online"  # per-frame segmenter + memory-bank associator (vis_core.methods.base)
+
     def __init__(self, cfg: IDOLConfig):
         model_cfg = cfg.model_config()
-        super().__init__(model_cfg, pre_layer=_batchformer_layers(cfg.batchformer, model_cfg.hidden_dim))
+        # BatchFormerV2 before the chosen encoder layers: the encoder calls hook(src, pos=, padding_mask=)
+        super().__init__(model_cfg, pre_layer=batchformer_hooks(cfg.batchformer, model_cfg.hidden_dim))
         self.cfg = cfg
         self.tracker_cfg = cfg.tracker_config()
         c = model_cfg.hidden_dim
@@ -239,23 +216,34 @@ class IDOL(DeformableDETRFrame):
                                 outputs["pred_logits"][1::2], outputs["pred_boxes"][1::2])
         losses["loss_reid"] = reid["loss_reid"] * self.cfg.reid_weight
         losses["loss_reid_aux"] = reid["loss_reid_aux"] * self.cfg.reid_aux_weight
-        if self.boundary_head is not None:
-            loss = self._boundary_loss(key_out, key_t, last)
-            losses["loss_boundary"] = loss * self.cfg.boundary.loss_weight
-        if self.quality_head is not None:
-            loss = self._quality_loss(key_out, key_t, last)
-            losses["loss_quality"] = loss * self.cfg.quality.loss_weight
+        if self.boundary_head is not None or self.quality_head is not None:
+            losses.update(self._addon_losses(key_out, key_t, last))
         return losses
 
-    def _matched_gt_masks(self, targets: list[dict], indices, size: tuple[int, int]) -> Tensor:
+    def _addon_losses(self, out: dict, targets: list[dict], indices) -> dict[str, Tensor]:
+        """Weighted ``loss_boundary`` / ``loss_quality`` of the last layer's matched key-frame queries, at the
+        mask stride (4), with IDOL's conventions (GT sampled as its mask losses do, local normaliser, a zero
+        on all query embeddings when nothing is matched): :mod:`vis_core.modeling.heads.addon_losses`."""
         stride = self.model_cfg.mask_out_stride
-        return torch.cat([downsample_target_masks(targets[b]["masks"][g], stride, size)
-                          for b, (_, g) in enumerate(indices)])
+        gt = torch.cat([downsample_target_masks(targets[b]["masks"][g], stride, tuple(out["mask_size"]))
+                        for b, (_, g) in enumerate(indices)])
 
-    def _boundary_loss(self, out: dict, targets: list[dict], indices) -> Tensor:
-        """Boundary logits of the last layer's matched queries vs the Laplacian boundaries of their GT masks
-        (both at the mask stride, 4)."""
-        head, cfg = self.model.mask_head, self.cfg.boundary
+        def quality_scores() -> Tensor:  # (N,), image by image
+            return torch.cat([self.quality_head(out["pred_embds"][b, q]) for b, (q, _) in enumerate(indices)])
+
+        return addon_losses(
+            torch.cat([out["pred_masks"][b, q] for b, (q, _) in enumerate(indices)]), gt,
+            boundary_head=self.boundary_head, boundary_logits=lambda: self._boundary_logits(out, indices),
+            boundary_cfg=self.cfg.boundary,
+            quality_head=self.quality_head, quality_scores=quality_scores, quality_cfg=self.cfg.quality,
+            num_masks=None, empty_match_anchor=out["pred_embds"],
+        )
+
+    def _boundary_logits(self, out: dict, indices) -> Tensor:
+        """``(N, h4, w4)`` boundary logits of the matched queries, image by image (at least one matched): the
+        head reads what the mask head reads (mask features, + relative coordinates for ``dynamic_conv``) and
+        its output is upsampled from the feature stride to the mask stride as the masks are."""
+        head = self.model.mask_head
         out_h, out_w = out["mask_size"]
         logits = []
         for b, (q, _) in enumerate(indices):
@@ -267,30 +255,16 @@ class IDOL(DeformableDETRFrame):
                                                               head.feat_stride))
             else:
                 x = self.boundary_head(emb, out["mask_features"][b:b + 1].expand(len(q), -1, -1, -1))
-            x = aligned_bilinear(x[:, None], head.feat_stride // head.out_stride)[:, 0, :out_h, :out_w]
-            logits.append(x)
-        if not logits:
-            return out["pred_embds"].sum() * 0.0 + sum(p.sum() for p in self.boundary_head.parameters()) * 0.0
-        logits = torch.cat(logits)
-        gt = boundary_targets(self._matched_gt_masks(targets, indices, (out_h, out_w)), cfg.threshold)
-        return boundary_loss(logits, gt.to(logits.dtype), max(len(logits), 1), smooth=cfg.smooth)
-
-    def _quality_loss(self, out: dict, targets: list[dict], indices) -> Tensor:
-        """Predicted quality S of the last layer's matched queries vs the IoU V of their mask with the GT."""
-        scores = torch.cat([self.quality_head(out["pred_embds"][b, q]) for b, (q, _) in enumerate(indices)])
-        if len(scores) == 0:
-            return out["pred_embds"].sum() * 0.0 + sum(p.sum() for p in self.quality_head.parameters()) * 0.0
-        pred = torch.cat([out["pred_masks"][b, q] for b, (q, _) in enumerate(indices)])
-        gt = self._matched_gt_masks(targets, indices, tuple(pred.shape[-2:]))
-        iou = mask_iou_targets(pred.detach(), gt.to(pred.dtype), self.cfg.quality.mask_threshold)
-        return quality_loss(scores, iou)
+            logits.append(aligned_bilinear(x[:, None], head.feat_stride // head.out_stride)[:, 0, :out_h, :out_w])
+        return torch.cat(logits)
 
     # ------------------------------------------------------------------ inference
     def segment_frame(self, image: Tensor) -> dict[str, Tensor]:
         """One frame ``(3, H, W)`` float 0..255 -> low-resolution outputs of its Q queries::
 
             pred_logits (Q, K), pred_boxes (Q, 4) cxcywh normalised,
-            pred_masks (Q, ceil(H/4), ceil(W/4)) logits, pred_embeds (Q, D) reid embeddings,
+            pred_masks (Q, ceil(H/4), ceil(W/4)) logits, pred_reid (Q, D) reid embeddings (the
+            contrastive head's output on the queries, which the memory bank matches),
             image_size (2,) long = (H, W) [, pred_quality (Q,) when quality.use_at_test]
         """
         return self.segment_frames(image[None])[0]
@@ -301,23 +275,18 @@ class IDOL(DeformableDETRFrame):
         segmenter treats frames independently at test time: BatchFormerV2 is the identity there)."""
         n, _, h, w = images.shape
         out = self.model(images, image_sizes=[(h, w)] * n)
-        embeds = self.reid_head(out["pred_embds"])
+        reid = self.reid_head(out["pred_embds"])
         quality = self.quality_head(out["pred_embds"]) \
             if self.quality_head is not None and self.cfg.quality.use_at_test else None
         size = torch.tensor([h, w], dtype=torch.long)
         frames = []
         for i in range(n):
             frame = {"pred_logits": out["pred_logits"][i], "pred_boxes": out["pred_boxes"][i],
-                     "pred_masks": out["pred_masks"][i], "pred_embeds": embeds[i], "image_size": size}
+                     "pred_masks": out["pred_masks"][i], "pred_reid": reid[i], "image_size": size}
             if quality is not None:
                 frame["pred_quality"] = quality[i]
             frames.append(frame)
         return frames
-
-    @property
-    def num_classes(self) -> int:
-        """K, the number of object classes (contiguous labels 0..K-1)."""
-        return self.model_cfg.num_classes
 
     def new_associator(self, output_size: tuple[int, int]) -> IDOLAssociator:
         return IDOLAssociator(IDOLTracker(self.tracker_cfg), output_size, self.model_cfg.mask_out_stride)
@@ -368,7 +337,7 @@ class IDOLAssociator:
         if not cfg.masks_are_logits:
             masks = masks.sigmoid()
         boxes = box_cxcywh_to_xyxy(frame["pred_boxes"][cand].float())
-        return self.tracker.update(frame["pred_embeds"][cand], scores[cand], probs[cand], boxes, masks)
+        return self.tracker.update(frame["pred_reid"][cand], scores[cand], probs[cand], boxes, masks)
 
     def finalize(self, video_id: int, category_ids: Sequence[int]) -> list[dict]:
         return self.tracker.finalize(video_id, category_ids)

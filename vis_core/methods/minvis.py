@@ -26,10 +26,10 @@ logits (top-10 (slot, class) pairs) and the mask is ``logit > 0``. So the method
     runs two streams (plain and BatchFormer) through the shared decoder and heads, both supervised; at test
     the module is the identity.
 
-  The add-on losses use the final layer's Hungarian matching. ``SetCriterion`` does not expose it, so the
-  matcher is run once more on the final-layer outputs under a forked RNG, which draws the same random points
-  the criterion draws right after: the indices are the criterion's own, and the training RNG stream (hence
-  the base losses) is the same as without the add-ons.
+  The add-on losses use the final layer's Hungarian matching, the criterion's own (``SetCriterion`` returns
+  the matching it used; :class:`Mask2FormerFrame` hands its final layer to :meth:`MinVIS.addon_losses`), and
+  are computed by :func:`vis_core.modeling.heads.addon_losses.addon_losses`, the helper IDOL uses too. Nothing
+  extra draws random numbers, so the base losses are the same as without the add-ons.
 
 * inference (the online-method protocol of :mod:`vis_core.engine.infer`): ``segment_frame`` returns the
   frame's class logits, stride-4 mask logits, query embeddings and valid input size; the associator
@@ -49,23 +49,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vis_core.io.config import from_dict as dataclass_from_dict
-from vis_core.methods.frame_segmenter import FrameMask2FormerConfig, Mask2FormerFrame, clip_batch_to_frames
+from vis_core.methods.frame_segmenter import FrameMask2FormerConfig, Mask2FormerFrame
 from vis_core.methods.registry import register_method
-from vis_core.modeling.batchformer import BatchFormerConfig, build_batchformer
+from vis_core.modeling.batchformer import BatchFormerConfig, batchformer_hooks
 from vis_core.modeling.criterion import average_over_processes
-from vis_core.modeling.heads.boundary import (
-    BoundaryConfig,
-    boundary_loss,
-    boundary_targets,
-    build_boundary_head,
-)
-from vis_core.modeling.heads.quality import (
-    QualityConfig,
-    build_quality_head,
-    mask_iou_targets,
-    quality_loss,
-    rescore,
-)
+from vis_core.modeling.heads.addon_losses import addon_losses
+from vis_core.modeling.heads.boundary import BoundaryConfig, build_boundary_head
+from vis_core.modeling.heads.quality import QualityConfig, build_quality_head, rescore
 from vis_core.tracking.minvis_matching import MinVISAssociator, softmax_drop_no_object
 
 __all__ = ["MinVISConfig", "MinVIS", "MinVISTracker", "upsample_mask_logits", "matched_targets_at"]
@@ -155,17 +145,20 @@ def matched_targets_at(
     return batch_idx, query_idx, (gt >= 0.5).float()
 
 
-def _forked_rng(device: torch.device):
-    """RNG fork covering the generator the matcher draws its points from (CPU, or the CUDA device)."""
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return torch.random.fork_rng(devices=[index])
-    return torch.random.fork_rng(devices=[])
+def _rename_legacy_batchformer_keys(module, state_dict: dict, prefix: str, *args) -> None:
+    """Load-state-dict pre-hook: checkpoints written before the decoder's generic pre-layer hooks store
+    BatchFormer at ``segmenter.predictor.pre_blocks.<i>.*``; it now sits at ``...pre_layer_hooks.<i>.block.*``."""
+    old = prefix + "segmenter.predictor.pre_blocks."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        layer, rest = key[len(old):].split(".", 1)
+        state_dict[f"{prefix}segmenter.predictor.pre_layer_hooks.{layer}.block.{rest}"] = state_dict.pop(key)
 
 
 @register_method("minvis", config=MinVISConfig)
 class MinVIS(Mask2FormerFrame):
     """MinVIS: per-frame Mask2Former training (+ report-001 add-ons), query-matching inference.
+
+    Kind ``online``: per-frame segmenter + query matching to the previous frame (vis_core.methods.base).
 
     Args:
         cfg: :class:`MinVISConfig`.
@@ -174,63 +167,43 @@ class MinVIS(Mask2FormerFrame):
     when enabled. Eval mode: the segmenter's outputs for the ``B * T`` frames (as ``mask2former_frame``).
     """
 
+    kind = "online"
+
     def __init__(self, cfg: MinVISConfig):
         seg = cfg.segmenter_config()
-        blocks = build_batchformer(cfg.batchformer, seg.hidden_dim, batch_dim=0)  # (B, Q, C) decoder queries
-        pre_blocks = None if blocks is None else dict(zip(cfg.batchformer.insert_idx, blocks, strict=True))
-        super().__init__(cfg, pre_blocks=pre_blocks)
+        super().__init__(cfg, pre_layer_hooks=batchformer_hooks(cfg.batchformer, seg.hidden_dim))
         self.boundary_head = build_boundary_head(cfg.boundary, seg.hidden_dim, seg.mask_dim)
         self.quality_head = build_quality_head(cfg.quality, seg.hidden_dim)
+        self.register_load_state_dict_pre_hook(_rename_legacy_batchformer_keys)
 
     # ------------------------------------------------------------------ training
-    def forward(self, batch: Mapping) -> dict:
-        images, targets = clip_batch_to_frames(batch, stride=self.segmenter_cfg.common_stride)
-        outputs = self.segmenter(images)
-        if not self.training:
-            return outputs
-        # BatchFormerV2 two-stream training: every stream is supervised by the same GT
-        targets = targets * (outputs["pred_logits"].shape[0] // len(targets))
-        indices = None
-        if self.boundary_head is not None or self.quality_head is not None:
-            indices = self.final_layer_matching(outputs, targets)
-        if not self.cfg.deep_supervision:
-            outputs = {k: v for k, v in outputs.items() if k != "aux_outputs"}
-        losses = self.criterion(outputs, targets)
-        if indices is not None:
-            losses.update(self.addon_losses(outputs, targets, indices))
-        return losses
-
-    def final_layer_matching(self, outputs: dict, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
-        """The criterion's Hungarian matching of the final layer (same random points: module docstring)."""
-        final = {"pred_logits": outputs["pred_logits"], "pred_masks": outputs["pred_masks"]}
-        with _forked_rng(outputs["pred_logits"].device):
-            return self.criterion.matcher(final, targets)
-
     def addon_losses(self, outputs: dict, targets: list[dict], indices: list) -> dict[str, Tensor]:
-        """Weighted ``loss_boundary`` / ``loss_quality`` on the matched queries of the final layer.
+        """Weighted ``loss_boundary`` / ``loss_quality`` on the matched queries of the final layer (the training
+        step is :meth:`Mask2FormerFrame.forward`, which passes the criterion's final-layer matching).
 
         Args:
             outputs: segmenter outputs (``pred_masks (B', Q, h4, w4)``, ``pred_embds (B', Q, C)``,
                 ``mask_features (B, C_m, h4, w4)`` with ``B' = k * B`` under BatchFormer).
             targets: ``B'`` per-frame targets. indices: final-layer matching, one pair per frame.
         """
+        if self.boundary_head is None and self.quality_head is None:
+            return {}  # no GT resizing, no normaliser all-reduce
         pred_masks = outputs["pred_masks"]
         batch_idx, query_idx, gt = matched_targets_at(targets, indices, tuple(pred_masks.shape[-2:]))
-        num_masks = average_over_processes(sum(len(t["labels"]) for t in targets), pred_masks.device)
         embeds = outputs["pred_embds"][batch_idx, query_idx]  # (N, C)
-        losses = {}
-        if self.boundary_head is not None:
+
+        def boundary_logits() -> Tensor:  # (N, h4, w4): the query kernels dotted with the mask features
             features = outputs["mask_features"]
             features = features.repeat(pred_masks.shape[0] // features.shape[0], 1, 1, 1)  # streams share it
-            logits = self.boundary_head(embeds, features, batch_index=batch_idx)  # (N, h4, w4)
-            target = boundary_targets(gt, self.cfg.boundary.threshold)
-            loss = boundary_loss(logits, target, num_masks, smooth=self.cfg.boundary.smooth)
-            losses["loss_boundary"] = loss * self.cfg.boundary.loss_weight
-        if self.quality_head is not None:
-            iou = mask_iou_targets(pred_masks[batch_idx, query_idx], gt, self.cfg.quality.mask_threshold)
-            loss = quality_loss(self.quality_head(embeds), iou, num_masks)
-            losses["loss_quality"] = loss * self.cfg.quality.loss_weight
-        return losses
+            return self.boundary_head(embeds, features, batch_index=batch_idx)
+
+        return addon_losses(
+            pred_masks[batch_idx, query_idx], gt,
+            boundary_head=self.boundary_head, boundary_logits=boundary_logits, boundary_cfg=self.cfg.boundary,
+            quality_head=self.quality_head, quality_scores=lambda: self.quality_head(embeds),
+            quality_cfg=self.cfg.quality,
+            num_masks=average_over_processes(sum(len(t["labels"]) for t in targets), pred_masks.device),
+        )
 
     # ------------------------------------------------------------------ inference
     @property
@@ -259,11 +232,6 @@ class MinVIS(Mask2FormerFrame):
                 frame["pred_quality"] = quality[i]
             frames.append(frame)
         return frames
-
-    @property
-    def num_classes(self) -> int:
-        """K, the number of object classes (contiguous labels 0..K-1)."""
-        return self.segmenter_cfg.num_classes
 
     def new_associator(self, output_size: tuple[int, int]) -> MinVISTracker:
         return MinVISTracker(

@@ -1,7 +1,7 @@
-"""String-name registry of trainable methods.
+"""String-name registry of methods.
 
-A *method* is an ``nn.Module`` whose ``forward(batch)`` returns a dict of already-weighted losses in train
-mode (``batch`` is the output of ``vis_core.data.clips.collate_clips``). Register one with::
+A *method* is a subclass of :class:`vis_core.methods.base.VISMethod` (the contract: training hook, inference
+hooks of its kind, optional hooks). Register one with::
 
     @dataclass
     class MyConfig:
@@ -9,8 +9,12 @@ mode (``batch`` is the output of ``vis_core.data.clips.collate_clips``). Registe
         num_queries: int = 100
 
     @register_method("my_method", config=MyConfig)
-    class MyMethod(nn.Module):
+    class MyMethod(VISMethod):
+        kind = "online"
         def __init__(self, cfg: MyConfig): ...
+
+Registering checks the contract of the method's kind (its inference hooks exist) and records the kind, which
+the inference runner, ``vis bench`` and the report read (:func:`method_kind_of`).
 
 and build it from the ``method`` / ``model`` keys of a ``TrainConfig`` with ``build_method(cfg)``. When a
 config class is given, the ``model`` dict is turned into it (by its ``from_dict`` classmethod when it has one,
@@ -32,9 +36,10 @@ from typing import Any
 from torch import nn
 
 from vis_core.io.config import ConfigError, from_dict
+from vis_core.methods.base import check_contract
 
 __all__ = ["register_method", "build_method", "get_method", "available_methods", "method_config_from_dict",
-           "segmenter_family"]
+           "segmenter_family", "method_kind_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +47,7 @@ class MethodEntry:
     name: str
     factory: Callable[..., nn.Module]
     config: type | None
+    kind: str | None  # online | clip | offline, None without video inference (vis_core.methods.base)
 
 
 _REGISTRY: dict[str, MethodEntry] = {}
@@ -49,11 +55,12 @@ _IMPORT_ERRORS: dict[str, str] = {}
 
 
 def register_method(name: str, config: type | None = None) -> Callable:
-    """Decorator registering ``factory`` (a class or a function returning an ``nn.Module``) under ``name``.
+    """Decorator registering the :class:`VISMethod` subclass ``factory`` under ``name``.
 
     Args:
         name: the string used in configs (``method: name``).
         config: optional dataclass type; ``build_method`` converts the ``model`` dict into it.
+    Raises ``TypeError`` when the class does not fulfil the contract of its kind.
     """
     if config is not None and not dataclasses.is_dataclass(config):
         raise TypeError(f"register_method({name!r}): config must be a dataclass type, got {config!r}")
@@ -63,7 +70,8 @@ def register_method(name: str, config: type | None = None) -> Callable:
         # re-registering the same factory (module re-import) is fine; two methods under one name are not
         if existing is not None and existing.factory.__qualname__ != factory.__qualname__:
             raise ValueError(f"method {name!r} is already registered by {existing.factory!r}")
-        _REGISTRY[name] = MethodEntry(name, factory, config)
+        check_contract(factory, name)
+        _REGISTRY[name] = MethodEntry(name, factory, config, factory.kind)
         return factory
 
     return decorator
@@ -98,15 +106,21 @@ def get_method(name: str) -> MethodEntry:
 def segmenter_family(name: str) -> str:
     """The segmenter family of method ``name`` (``deformable_detr``, ``mask2former``): methods of one family
     can start from one shared pre-training of that segmenter."""
-    family = getattr(get_method(name).factory, "segmenter_family", None)
+    family = get_method(name).factory.segmenter_family
     if family is None:
         raise KeyError(f"method {name!r} declares no segmenter_family")
     return family
 
 
-def available_methods() -> list[str]:
+def method_kind_of(name: str) -> str | None:
+    """The kind of method ``name``: ``online``, ``clip``, ``offline`` or None (no video inference)."""
+    return get_method(name).kind
+
+
+def available_methods(kind: str | None = "any") -> list[str]:
+    """Registered method names (only those of ``kind`` when given: ``online``, ``clip``, ``offline``, None)."""
     _import_method_modules()
-    return sorted(_REGISTRY)
+    return sorted(n for n, e in _REGISTRY.items() if kind == "any" or e.kind == kind)
 
 
 def method_config_from_dict(config_cls: type, values: Mapping[str, Any], where: str = "model") -> Any:

@@ -15,6 +15,11 @@ after chosen encoder layers); for MinVIS the block "takes the same input as the 
 it" (001 Sec. 2.1.3), i.e. it is applied to the queries right before a transformer-decoder block. Defaults
 follow the official code: 4 heads, feed-forward width = ``dim``, dropout 0.5.
 
+Both models take the blocks as generic pre-layer hooks (``{layer index: module}``, ``module(x, **context)``
+on batch-first ``(B, L, C)`` input, which may return ``k * B`` samples; the model tiles its other per-sample
+tensors to match): :func:`batchformer_hooks` builds them, so the two-stream bookkeeping (which insertion
+point starts the streams) lives here and neither model knows about BatchFormer.
+
 Layouts: ``batch_dim=0`` for batch-first ``(B, L, C)`` (deformable encoder tokens) and ``batch_dim=1`` for
 sequence-first ``(L, B, C)`` (Mask2Former decoder queries).
 """
@@ -27,7 +32,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BatchFormerConfig", "BatchFormerV2", "tile_batch", "build_batchformer"]
+__all__ = [
+    "BatchFormerConfig",
+    "BatchFormerV2",
+    "BatchFormerHook",
+    "tile_batch",
+    "build_batchformer",
+    "batchformer_hooks",
+]
 
 
 @dataclass
@@ -122,3 +134,36 @@ def build_batchformer(cfg: BatchFormerConfig, dim: int, batch_dim: int = 0) -> n
         module = make()
         return nn.ModuleList([module] * len(cfg.insert_idx))
     return nn.ModuleList(make() for _ in cfg.insert_idx)
+
+
+class BatchFormerHook(nn.Module):
+    """One insertion point of BatchFormerV2 as a model's pre-layer hook.
+
+    The first insertion point (in layer order) starts the two streams (``cat([x, bf(x)])``: the model tiles
+    the rest); a later one receives both streams and runs the block on the BatchFormer half only. Keyword
+    context the model passes to its hooks (the deformable encoder's ``pos`` and ``padding_mask``) is unused.
+
+    Args:
+        block: the :class:`BatchFormerV2` (possibly shared with other insertion points).
+        first: whether this is the first insertion point.
+    """
+
+    def __init__(self, block: BatchFormerV2, first: bool):
+        super().__init__()
+        self.block, self.first = block, first
+
+    def forward(self, x: Tensor, **context: Any) -> Tensor:
+        """``(B, L, C)`` -> ``(2B, L, C)`` when first (training), else the same shape."""
+        return self.block(x, tiled=not self.first)
+
+
+def batchformer_hooks(cfg: BatchFormerConfig, dim: int) -> dict[int, BatchFormerHook] | None:
+    """``{layer index: hook}`` for every point of ``cfg.insert_idx`` (in config order) on batch-first
+    ``(B, L, C)`` input, or None when disabled."""
+    if not cfg.enabled:
+        return None
+    if len(set(cfg.insert_idx)) != len(cfg.insert_idx):
+        raise ValueError(f"batchformer.insert_idx has repeated layers: {cfg.insert_idx}")
+    blocks = build_batchformer(cfg, dim, batch_dim=0)
+    first = min(cfg.insert_idx, default=None)
+    return {idx: BatchFormerHook(block, idx == first) for idx, block in zip(cfg.insert_idx, blocks, strict=True)}

@@ -6,6 +6,9 @@ sampling (``oversample_ratio`` 3, ``importance_sample_ratio`` 0.75); normalisati
 masks averaged over processes; the same losses on every ``aux_outputs`` layer (deep supervision), each layer
 with its own matching.
 
+``forward`` can take the matching (``indices``) instead of running the matcher and can return the one it
+used (``return_indices``), so a method's add-on losses read the very matching of the final layer.
+
 Unlike the official class, ``forward`` returns the losses already multiplied by their weights (class 2,
 mask 5, dice 5), which is what a method hands to the trainer.
 """
@@ -124,14 +127,18 @@ class SetCriterion(nn.Module):
             "loss_dice": dice_loss(point_logits, point_labels, num_masks),
         }
 
-    def layer_losses(self, outputs: dict, targets: list[dict], num_masks: float) -> dict[str, Tensor]:
-        """Unweighted losses of one decoder layer (matching included)."""
-        indices = self.matcher(outputs, targets)
+    def layer_losses(
+        self, outputs: dict, targets: list[dict], indices: list, num_masks: float
+    ) -> dict[str, Tensor]:
+        """Unweighted losses of one decoder layer under its matching ``indices`` (per image
+        ``(query_idx, target_idx)``)."""
         losses = self.loss_labels(outputs, targets, indices)
         losses.update(self.loss_masks(outputs, targets, indices, num_masks))
         return losses
 
-    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
+    def forward(
+        self, outputs: dict, targets: list[dict], indices: list | None = None, return_indices: bool = False
+    ) -> dict[str, Tensor] | tuple[dict[str, Tensor], list]:
         """Weighted losses of the last layer (``loss_ce``, ``loss_mask``, ``loss_dice``) and of every
         auxiliary layer ``i`` (``loss_ce_i``, ...).
 
@@ -139,18 +146,34 @@ class SetCriterion(nn.Module):
             outputs: ``pred_logits (B, Q, K + 1)``, ``pred_masks (B, Q, h, w)`` and optionally
                 ``aux_outputs``, a list of dicts with the same two keys.
             targets: ``B`` dicts with ``labels (N_b,)`` int64 and ``masks (N_b, H, W)`` (bool or float).
+            indices: the matching to use instead of running the matcher: one entry per layer, the
+                ``aux_outputs`` layers first and the final layer last (the layout of
+                :meth:`~vis_core.modeling.idol_criterion.IDOLCriterion.match`), each ``B`` pairs
+                ``(query_idx, target_idx)``. An entry may be None (that layer is matched here).
+            return_indices: also return the matching used, in the same layout; ``indices[-1]`` is the final
+                layer's, which the add-on losses of a method (MinVIS) read.
+        Returns:
+            the weighted losses, or ``(losses, indices)`` with ``return_indices``.
         """
         num_masks = average_over_processes(
             sum(len(t["labels"]) for t in targets), outputs["pred_logits"].device
         )
-        layers = [{k: v for k, v in outputs.items() if k != "aux_outputs"}]
-        layers += list(outputs.get("aux_outputs", []))
+        layers = list(outputs.get("aux_outputs", []))
+        layers.append({k: v for k, v in outputs.items() if k != "aux_outputs"})
+        if indices is not None and len(indices) != len(layers):
+            raise ValueError(f"SetCriterion: {len(indices)} matchings given for {len(layers)} layers")
+        used = list(indices) if indices is not None else [None] * len(layers)
+        final = len(layers) - 1
         weighted = {}
-        for i, layer in enumerate(layers):
-            suffix = "" if i == 0 else f"_{i - 1}"
-            for name, value in self.layer_losses(layer, targets, num_masks).items():
+        # final layer first, then the aux layers, each matched right before its losses: the official loop,
+        # whose order fixes which random points the matcher and the mask losses draw
+        for i in [final, *range(final)]:
+            if used[i] is None:
+                used[i] = self.matcher(layers[i], targets)
+            suffix = "" if i == final else f"_{i}"
+            for name, value in self.layer_losses(layers[i], targets, used[i], num_masks).items():
                 weighted[name + suffix] = value * self.weight_dict[name]
-        return weighted
+        return (weighted, used) if return_indices else weighted
 
 
 def build_criterion(

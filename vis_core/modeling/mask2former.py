@@ -15,15 +15,17 @@ The decoder follows ``mask2former/modeling/transformer_decoder/mask2former_trans
 
 MinVIS / DVIS / VITA consume the per-frame query embeddings: ``pred_embds`` is the final ``decoder_norm``-ed
 query tensor (MinVIS's ``pred_embds``), and every ``aux_outputs`` entry carries its layer's embeddings too.
+For VITA the forward also returns ``pred_queries``, the normalised queries of the last ``num_query_layers``
+predictions (VITA's ``frame_queries``: all layers in training, the last at test), and ``pixel_features``, the
+stride-4 pixel-decoder map before the ``mask_features`` projection.
 
-BatchFormerV2 hook: ``pre_blocks`` maps decoder-layer indices to modules applied to the batch-first
-``(B, Q, C)`` queries just before that layer. A module may return ``k * B`` samples (two-stream training
-returns ``cat([x, bf(x)])``); the decoder then tiles memories, positional encodings, query embeddings,
+Per-layer hooks: ``pre_layer_hooks`` maps decoder-layer indices to modules applied to the batch-first
+``(B, Q, C)`` queries just before that layer (``hook(queries)``; BatchFormerV2 is one, see
+:func:`vis_core.modeling.batchformer.batchformer_hooks`). A hook may return ``k * B`` samples (training
+streams, e.g. ``cat([x, f(x)])``); the decoder then tiles memories, positional encodings, query embeddings,
 attention masks and mask features ``k`` times along the batch (``[x0, x1, x0, x1]`` order) so all streams
-share the remaining weights, and it tiles the predictions made before the block too, so every output has batch
-``k * B`` (the caller repeats its targets ``k`` times). Blocks after the one that multiplied the batch are
-called as ``block(x, tiled=True)`` and must keep the batch size (``BatchFormerV2`` then mixes only its own
-stream); before that, as ``block(x)``.
+share the remaining weights, and it tiles the predictions made before the hook too, so every output but
+``mask_features`` / ``pixel_features`` has batch ``k * B`` (the caller repeats its targets ``k`` times).
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ class MLP(nn.Module):
 
 
 def _tile(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Repeat along the batch: ``[x0, x1] -> [x0, x1, x0, x1]``, matching ``cat([x, bf(x)])`` stream order."""
+    """Repeat along the batch: ``[x0, x1] -> [x0, x1, x0, x1]``, the stream order of a hook's ``cat([x, f(x)])``."""
     return x.repeat(k, *([1] * (x.dim() - 1)))
 
 
@@ -191,8 +193,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         dec_layers: transformer layers (9; the official ``DEC_LAYERS`` is this + 1).
         pre_norm: pre-LayerNorm layers (False). mask_dim: channels of ``mask_features``.
         enforce_input_project: 1x1 input projections even when ``in_channels == hidden_dim``.
-        pre_blocks: ``{layer index: module}`` (a dict / ``nn.ModuleDict`` with int-like keys, or an
-            ``nn.ModuleList`` with one module per layer) applied to the queries before that layer.
+        pre_layer_hooks: ``{layer index: module}``: ``module(queries (B, Q, C))`` runs just before that
+            decoder layer and returns ``(k * B, Q, C)``, ``k >= 1`` (see the module docstring).
     """
 
     num_feature_levels = 3  # always three scales
@@ -209,7 +211,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         pre_norm: bool = False,
         mask_dim: int = 256,
         enforce_input_project: bool = False,
-        pre_blocks: Mapping[int | str, nn.Module] | nn.ModuleList | None = None,
+        pre_layer_hooks: Mapping[int, nn.Module] | None = None,
     ):
         super().__init__()
         if dec_layers < 1:
@@ -242,29 +244,16 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 self.input_proj.append(nn.Sequential())
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
-        self.pre_blocks = nn.ModuleDict()
-        self.set_pre_blocks(pre_blocks)
+        self.pre_layer_hooks = nn.ModuleDict()
+        self.set_pre_layer_hooks(pre_layer_hooks)
 
-    def set_pre_blocks(self, pre_blocks: Mapping[int | str, nn.Module] | nn.ModuleList | None) -> None:
+    def set_pre_layer_hooks(self, hooks: Mapping[int, nn.Module] | None) -> None:
         """Install (or clear, with None) the modules applied to the queries before chosen decoder layers."""
-        self.pre_blocks = nn.ModuleDict()
-        if pre_blocks is None:
-            return
-        if isinstance(pre_blocks, nn.ModuleList):
-            if len(pre_blocks) != self.num_layers:
-                raise ValueError(
-                    f"pre_blocks ModuleList needs one module per decoder layer ({self.num_layers}), "
-                    f"got {len(pre_blocks)}"
-                )
-            # nn.Identity marks "no block before this layer"
-            pre_blocks = {i: m for i, m in enumerate(pre_blocks) if not isinstance(m, nn.Identity)}
-        for key, module in pre_blocks.items():
-            idx = int(key)
-            if not 0 <= idx < self.num_layers:
-                raise ValueError(
-                    f"pre_blocks key {key!r} is not a decoder layer index (0..{self.num_layers - 1})"
-                )
-            self.pre_blocks[str(idx)] = module
+        self.pre_layer_hooks = nn.ModuleDict()
+        for idx, hook in (hooks or {}).items():
+            if not 0 <= int(idx) < self.num_layers:
+                raise ValueError(f"pre-layer hook index {idx!r} is not a decoder layer (0..{self.num_layers - 1})")
+            self.pre_layer_hooks[str(int(idx))] = hook
 
     def forward_prediction_heads(
         self, output: torch.Tensor, mask_features: torch.Tensor, attn_mask_target_size: tuple[int, int]
@@ -278,18 +267,23 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         attn_mask = masked_attention_mask(outputs_mask, attn_mask_target_size)
         return outputs_class, outputs_mask, attn_mask, decoder_output
 
-    def forward(self, x: list[torch.Tensor], mask_features: torch.Tensor) -> dict:
+    def forward(self, x: list[torch.Tensor], mask_features: torch.Tensor, num_query_layers: int = 1) -> dict:
         """
         Args:
             x: 3 pixel-decoder levels ``(B, C_in, H_l, W_l)``, low to high resolution (1/32, 1/16, 1/8).
             mask_features: ``(B, mask_dim, H/4, W/4)``.
+            num_query_layers: ``L``, how many of the last predictions' normalised queries ``pred_queries``
+                holds (1 .. ``dec_layers + 1``; 1, the default, costs nothing: a view of ``pred_embds``).
         Returns:
             dict(pred_logits ``(B', Q, K+1)``, pred_masks ``(B', Q, H/4, W/4)``, pred_embds ``(B', Q, C)``,
-            aux_outputs: ``dec_layers`` dicts with the same three keys, the initial prediction first), where
-            ``B' = B`` unless a pre-block multiplied the batch.
+            pred_queries ``(L, B', Q, C)`` (oldest first: ``pred_queries[-1]`` is ``pred_embds``),
+            aux_outputs: ``dec_layers`` dicts with pred_logits, pred_masks, pred_embds, the initial prediction
+            first), where ``B' = B`` unless a pre-layer hook multiplied the batch.
         """
         if len(x) != self.num_feature_levels:
             raise ValueError(f"expected {self.num_feature_levels} feature levels, got {len(x)}")
+        if not 1 <= num_query_layers <= self.num_layers + 1:
+            raise ValueError(f"num_query_layers must be in 1..{self.num_layers + 1}, got {num_query_layers}")
         src, pos, size_list = [], [], []
         for i in range(self.num_feature_levels):
             size_list.append(tuple(x[i].shape[-2:]))
@@ -303,24 +297,15 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         predictions = []
         cls, masks, attn_mask, embds = self.forward_prediction_heads(output, mask_features, size_list[0])
         predictions.append((cls, masks, embds))
-        input_bs = bs
         for i in range(self.num_layers):
-            if str(i) in self.pre_blocks:
-                block = self.pre_blocks[str(i)]
-                # once an earlier block multiplied the batch, later blocks get the streams (tiled=True)
-                output = block(output) if bs == input_bs else block(output, tiled=True)
-                if output.shape[0] != bs:
-                    if bs != input_bs:
-                        raise ValueError(
-                            f"pre_block before decoder layer {i} changed the batch of an already "
-                            f"multiplied input ({bs} -> {output.shape[0]})"
-                        )
-                    k = self._stream_factor(output, bs, i)
-                    src = [_tile(s, k) for s in src]
-                    pos = [_tile(p, k) for p in pos]
-                    query_embed = _tile(query_embed, k)
-                    attn_mask = _tile(attn_mask, k)
-                    mask_features = _tile(mask_features, k)
+            if str(i) in self.pre_layer_hooks:
+                output = self._run_hook(i, output)
+                k = output.shape[0] // bs
+                if k > 1:  # new streams: they share every per-image input of the remaining layers
+                    src, pos = [_tile(s, k) for s in src], [_tile(p, k) for p in pos]
+                    query_embed, attn_mask, mask_features = (
+                        _tile(t, k) for t in (query_embed, attn_mask, mask_features)
+                    )
                     bs = output.shape[0]
             level_index = i % self.num_feature_levels
             output = self.transformer_cross_attention_layers[i](
@@ -332,26 +317,33 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             cls, masks, attn_mask, embds = self.forward_prediction_heads(output, mask_features, next_size)
             predictions.append((cls, masks, embds))
 
-        # predictions made before a batch-multiplying pre-block are shared by all streams
+        # predictions made before a batch-multiplying hook are shared by all streams
         predictions = [
             tuple(t if t.shape[0] == bs else _tile(t, bs // t.shape[0]) for t in p) for p in predictions
         ]
         (cls, masks, embds), aux = predictions[-1], predictions[:-1]
+        if num_query_layers == 1:  # the default: a view, no copy
+            queries = embds.unsqueeze(0)
+        else:
+            queries = torch.stack([p[2] for p in predictions[-num_query_layers:]])
         return {
             "pred_logits": cls,
             "pred_masks": masks,
             "pred_embds": embds,
+            "pred_queries": queries,
             "aux_outputs": [{"pred_logits": a, "pred_masks": b, "pred_embds": c} for a, b, c in aux],
         }
 
-    @staticmethod
-    def _stream_factor(output: torch.Tensor, bs: int, layer: int) -> int:
-        if output.dim() != 3 or output.shape[0] % bs != 0:
+    def _run_hook(self, layer: int, queries: torch.Tensor) -> torch.Tensor:
+        """The hook before ``layer`` on ``(B, Q, C)`` queries; checks it returned ``(k * B, Q, C)``."""
+        out = self.pre_layer_hooks[str(layer)](queries)
+        b = queries.shape[0]
+        if out.dim() != 3 or out.shape[1:] != queries.shape[1:] or out.shape[0] % b or out.shape[0] == 0:
             raise ValueError(
-                f"pre_block before decoder layer {layer} returned shape {tuple(output.shape)}; "
-                f"expected (k * {bs}, Q, C)"
+                f"pre-layer hook before decoder layer {layer} returned shape {tuple(out.shape)}; "
+                f"expected (k * {b}, {queries.shape[1]}, {queries.shape[2]})"
             )
-        return output.shape[0] // bs
+        return out
 
 
 class Mask2Former(nn.Module):
@@ -393,16 +385,20 @@ class Mask2Former(nn.Module):
     def num_classes(self) -> int:
         return self.predictor.num_classes
 
-    def forward(self, images: torch.Tensor) -> dict:
+    def forward(self, images: torch.Tensor, num_query_layers: int = 1) -> dict:
         """
         Args:
             images: ``(B, 3, H, W)`` float RGB in 0..255; any H, W.
+            num_query_layers: ``L`` of ``pred_queries`` (see :class:`MultiScaleMaskedTransformerDecoder`).
         Returns:
             dict(pred_logits ``(B, Q, K+1)``, pred_masks ``(B, Q, ceil(H/4), ceil(W/4))`` logits,
-            pred_embds ``(B, Q, C)`` final ``decoder_norm``-ed query embeddings, aux_outputs list of
-            ``dec_layers`` dicts (pred_logits, pred_masks, pred_embds), mask_features ``(B, mask_dim,
-            ceil(H/4), ceil(W/4))``). Mask logits at stride 4 cover ``4 * ceil(H/4)`` input rows.
-            With a batch-multiplying pre-block, everything except mask_features has batch ``k * B``.
+            pred_embds ``(B, Q, C)`` final ``decoder_norm``-ed query embeddings, pred_queries ``(L, B, Q, C)``
+            the normalised queries of the last ``L`` predictions (``[-1]`` is pred_embds), aux_outputs list of
+            ``dec_layers`` dicts (pred_logits, pred_masks, pred_embds), mask_features ``(B, mask_dim, h4, w4)``
+            and pixel_features ``(B, conv_dim, h4, w4)``, the stride-4 pixel-decoder map that ``mask_features``
+            projects, with ``h4, w4 = ceil(H/4), ceil(W/4)``). Mask logits at stride 4 cover ``4 * ceil(H/4)``
+            input rows. With a batch-multiplying pre-layer hook, everything except mask_features and
+            pixel_features has batch ``k * B``.
         """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"Mask2Former expects images of shape (B, 3, H, W), got {tuple(images.shape)}")
@@ -412,14 +408,16 @@ class Mask2Former(nn.Module):
         if div > 1:
             x = F.pad(x, (0, (div - w % div) % div, 0, (div - h % div) % div))
         features = self.backbone(x)
-        mask_features, _, multi_scale = self.pixel_decoder(features)
-        out = self.predictor(multi_scale, mask_features)
+        pixel_features, _, multi_scale = self.pixel_decoder.encode(features)
+        mask_features = self.pixel_decoder.project_mask_features(pixel_features)
+        out = self.predictor(multi_scale, mask_features, num_query_layers)
         stride = self.pixel_decoder.common_stride
         oh, ow = math.ceil(h / stride), math.ceil(w / stride)
         out["pred_masks"] = out["pred_masks"][..., :oh, :ow]
         for aux in out["aux_outputs"]:
             aux["pred_masks"] = aux["pred_masks"][..., :oh, :ow]
         out["mask_features"] = mask_features[..., :oh, :ow]
+        out["pixel_features"] = pixel_features[..., :oh, :ow]
         return out
 
 
@@ -539,10 +537,10 @@ class Mask2FormerConfig:
 
 
 def build_mask2former(
-    cfg: Mask2FormerConfig,
-    pre_blocks: Mapping[int | str, nn.Module] | nn.ModuleList | None = None,
+    cfg: Mask2FormerConfig, pre_layer_hooks: Mapping[int, nn.Module] | None = None
 ) -> Mask2Former:
-    """Backbone + pixel decoder + transformer decoder from a :class:`Mask2FormerConfig`."""
+    """Backbone + pixel decoder + transformer decoder from a :class:`Mask2FormerConfig`; ``pre_layer_hooks``
+    go to the decoder (:class:`MultiScaleMaskedTransformerDecoder`)."""
     backbone = build_backbone(cfg.backbone_config())
     input_shapes = {k: (backbone.out_channels[k], backbone.out_strides[k]) for k in backbone.out_channels}
     pixel_decoder = MSDeformAttnPixelDecoder(
@@ -569,7 +567,7 @@ def build_mask2former(
         pre_norm=cfg.pre_norm,
         mask_dim=cfg.mask_dim,
         enforce_input_project=cfg.enforce_input_proj,
-        pre_blocks=pre_blocks,
+        pre_layer_hooks=pre_layer_hooks,
     )
     return Mask2Former(
         backbone, pixel_decoder, predictor, cfg.pixel_mean, cfg.pixel_std, cfg.size_divisibility

@@ -10,7 +10,7 @@ Follows ``mask2former/modeling/pixel_decoder/msdeformattn.py`` (``MSDeformAttnPi
 2. the encoded maps are split back into levels (low to high resolution: 1/32, 1/16, 1/8);
 3. FPN levels down to ``common_stride`` (4): lateral 1x1 conv of res2 + bilinear upsampling of the finest
    encoded map, then a 3x3 conv (GN, ReLU);
-4. ``mask_features`` = 1x1 conv of the stride-4 map.
+4. ``mask_features`` = 1x1 conv of the stride-4 map (:meth:`~MSDeformAttnPixelDecoder.encode` stops before it).
 
 Submodule names match the official ones (``input_proj``, ``transformer.encoder.layers.i``, ``adapter_1``,
 ``layer_1``, ``mask_features``), so official checkpoints load after stripping ``sem_seg_head.pixel_decoder.``.
@@ -216,6 +216,15 @@ class MSDeformAttnPixelDecoder(nn.Module):
             the coarsest encoded map ``(N, conv_dim, H/32, W/32)``,
             multi_scale_features: 3 maps ``(N, conv_dim, H/s, W/s)`` for s = 32, 16, 8.
         """
+        pixel_features, coarsest, multi_scale_features = self.encode(features)
+        return self.project_mask_features(pixel_features), coarsest, multi_scale_features
+
+    def encode(
+        self, features: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """:meth:`forward` without the last step: returns the stride-4 map *before* the ``mask_features``
+        projection, ``(N, conv_dim, H/4, W/4)`` (VITA's object decoder reads it), then the coarsest encoded
+        map and the 3 multi-scale maps as :meth:`forward`."""
         # deformable attention runs in float32 under autocast, as the official (no half precision there)
         with torch.autocast(device_type=next(iter(features.values())).device.type, enabled=False):
             srcs, pos = [], []
@@ -237,5 +246,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
                     out[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False
                 )
                 out.append(self.output_convs[idx](y))
-            multi_scale_features = out[: self.maskformer_num_feature_levels]
-            return self.mask_features(out[-1]), out[0], multi_scale_features
+            return out[-1], out[0], out[: self.maskformer_num_feature_levels]
+
+    def project_mask_features(self, pixel_features: torch.Tensor) -> torch.Tensor:
+        """The 1x1 ``mask_features`` conv: ``(N, conv_dim, h, w)`` -> ``(N, mask_dim, h, w)``, in float32 under
+        autocast too (the official runs it inside the float32 region)."""
+        with torch.autocast(device_type=pixel_features.device.type, enabled=False):
+            return self.mask_features(pixel_features)

@@ -99,10 +99,11 @@ def _metrics_table(paper: Paper, summary: dict[str, VariantSummary]) -> str:
 
 
 def _bench_table(bench: dict) -> str:
-    lines = ["| method | mode | T | ms / frame | segmenter ms / frame | association ms / frame | "
-             "peak RSS (MB) |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| method | kind | mode | T | ms / frame | segmenter ms / frame | association ms / frame | "
+             "peak RSS (MB) |", "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in sorted(bench["records"], key=lambda r: (r["method"], r["mode"], r["T"])):
-        lines.append(f"| {md_escape(r['method'])} | {md_escape(r['mode'])} | {r['T']} | "
+        kind = md_escape(r.get("kind") or "–")  # the method's kind (vis_core.methods.base); older files lack it
+        lines.append(f"| {md_escape(r['method'])} | {kind} | {md_escape(r['mode'])} | {r['T']} | "
                      f"{r['ms_per_frame']:.2f} | {r['segmenter_ms_per_frame']:.2f} | "
                      f"{r['association_ms_per_frame']:.2f} | {r['peak_rss_mb']:.1f} |")
     return "\n".join(lines) + "\n"
