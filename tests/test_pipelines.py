@@ -12,6 +12,7 @@ import yaml
 
 from vis_core.engine import stages
 from vis_core.engine.config import TrainConfig, from_dict
+from vis_core.engine.pipeline import variant_groups
 from vis_core.methods.registry import get_method, method_config_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,13 +72,13 @@ def test_full_profile_dry_run_lists_every_stage_command(tmp_path, name):
     out = subprocess.run([DVC, "repro", "--dry", "--force", f"reproductions/{name}"], cwd=repo, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
-    params = yaml.safe_load((repo / "reproductions" / name / "params.yaml").read_text())
+    groups = variant_groups(stages.load_params(repo / "reproductions" / name / "params.yaml"))
     expected = ["vis stage data", "vis stage pretrain --family backbone", "vis stage infer --variant ensemble",
                 "vis stage curve --variant baseline"]
-    expected += [f"vis stage pretrain --family {f}" for f in set(params["trained"].values())]
-    expected += [f"vis stage train --variant {v}" for v in params["trained"]]
-    expected += [f"vis stage infer --variant {v}" for v in params["trained"]]
-    expected += [f"vis stage eval --variant {v}" for v in params["evaluated"]]
+    expected += [f"vis stage pretrain --family {t['family']}" for t in groups["trained"].values()]
+    expected += [f"vis stage train --variant {v}" for v in groups["trained"]]
+    expected += [f"vis stage infer --variant {v}" for v in groups["trained"]]
+    expected += [f"vis stage eval --variant {v}" for v in groups["evaluated"]]
     expected += ["vis report build . --out report", "vis stage submit --variant ensemble --seed 0",
                  f"vis report publish reproductions/{name}/report reports/{name}"]
     missing = [cmd for cmd in expected if f"> {cmd}" not in out.stdout]
@@ -89,7 +90,7 @@ def test_full_profile_training_configs_build(name):
     params = stages.load_params(ROOT / "reproductions" / name / "params.yaml")
     params["profile"] = "full"
     paths = {k: f"/datasets/{k}" for k in ("train_json", "train_images", "coco_json", "coco_images")}
-    for variant in params["trained"]:
+    for variant in variant_groups(params)["trained"]:
         phases = stages.resolve_train_config(params, variant, 0, paths)
         assert len(phases) == 2, "full recipe: COCO pseudo videos, then the challenge train set"
         assert phases[0]["data"]["kind"] == "coco_pseudo" and phases[1]["init_weights"].endswith("model_final.pth")
@@ -113,10 +114,11 @@ def test_smoke_variants_differ_only_by_config(monkeypatch):
     for name in REPROS:
         params = stages.load_params(ROOT / "reproductions" / name / "params.yaml")
         paths = {"train_stream": {"preset": "ovis", "seed": 0}}
-        resolved = {v: stages.resolve_train_config(params, v, 0, paths)[-1] for v in params["trained"]}
+        trained = variant_groups(params)["trained"]
+        resolved = {v: stages.resolve_train_config(params, v, 0, paths)[-1] for v in trained}
         by_method: dict[str, list[dict]] = {}
         for variant, cfg in resolved.items():
-            family = params["trained"][variant]
+            family = trained[variant]["family"]
             assert cfg["init_weights"] == f"../_pretrain/runs/{family}/w.pth"
             assert cfg["model"]["hidden_dim"] == 64 and cfg["data"]["kind"] == "synthetic"
             by_method.setdefault(cfg["method"], []).append(cfg)
@@ -136,13 +138,3 @@ def test_pretrain_params_build_every_family():
         model.get("backbone_kwargs", {}).pop("weights", None)
         method_config_from_dict(entry.config, {**model, "num_classes": 10})
     assert set(params["profiles"]["full"]["families"]) == set(params["profiles"]["smoke"]["families"])
-
-
-def test_params_name_the_family_of_each_trained_variant(tmp_path):
-    params = yaml.safe_load((ROOT / "reproductions" / "ovis_2nd" / "params.yaml").read_text())
-    params["trained"]["minvis_all"] = "deformable_detr"
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    with pytest.raises(stages.StageError, match=r"trained.minvis_all: family 'deformable_detr', but method "
-                                                r"'minvis' is built on 'mask2former'"):
-        stages.load_params(path)

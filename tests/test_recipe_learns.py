@@ -64,7 +64,6 @@ def test_pretrain_then_finetune_beats_the_untrained_model(tmp_path, monkeypatch)
     paths = stages.manifest()
     # the baseline MinVIS row (no add-ons): the smoke recipe of the mask2former family, end to end
     params["variants"]["minvis_plain"] = {"method": "minvis"}
-    params["trained"]["minvis_plain"] = "mask2former"
     run = stages.stage_train(params, "minvis_plain", seed=0)
     results = stages.stage_infer(params, "minvis_plain", seed=0)
     trained = evaluate(paths["eval_json"], str(results), occlusion=True)

@@ -25,7 +25,7 @@ from vis_core.report.builder import build_report
 from vis_core.report.html import markdown_to_html
 from vis_core.report.index import build_index
 from vis_core.report.paper import load_paper
-from vis_core.report.plots import load_bench, mean_curve, read_jsonl_log
+from vis_core.report.plots import load_bench, load_curves, mean_curve, read_jsonl_log
 from vis_core.report.provenance import load_stage_timings, sha256_file
 from vis_core.report.tables import RunInfo, compare_table, load_run_info
 
@@ -278,3 +278,16 @@ def test_cli_report_build_tables_index(tmp_path, monkeypatch, capsys):
     (repro / "metrics" / "baseline" / "seed0.json").write_text('{"AP": 7}')
     assert vis_main(["report", "build", str(repro), "--device", "cpu"]) == 2
     assert "seed0.json: field 'AP'" in capsys.readouterr().err
+
+
+def test_ap_curve_file_is_one_flat_list_grouped_per_seed_on_reading(tmp_path):
+    path = tmp_path / "baseline.json"
+    points = [{"seed": s, "iteration": it, "AP": ap} for s, it, ap in [(0, 0, 0.3), (0, 50, 0.31), (1, 0, 0.29)]]
+    path.write_text(json.dumps({"variant": "baseline", "pretrained": True, "points": points}))
+    curves = load_curves(path)
+    assert curves["variant"] == "baseline" and curves["pretrained"] is True
+    assert curves["curves"] == [{"seed": 0, "points": [{"iteration": 0, "AP": 0.3}, {"iteration": 50, "AP": 0.31}]},
+                                {"seed": 1, "points": [{"iteration": 0, "AP": 0.29}]}]
+    path.write_text(json.dumps({"variant": "baseline", "points": [{"seed": 0, "iteration": -1, "AP": 0.3}]}))
+    with pytest.raises(ReportInputError, match=r"points\[0\]: field 'iteration'"):
+        load_curves(path)

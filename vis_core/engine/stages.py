@@ -5,8 +5,6 @@ A reproduction directory holds ``params.yaml``::
     profile: smoke                      # which entry of `profiles` runs (smoke | full)
     dataset: {name: synthetic-ovis, split: valid}   # label of the reproduced numbers in the report
     seeds: [0, 1, 2]
-    trained: {baseline: deformable_detr, ..., minvis_all: mask2former}   # trained variant -> segmenter family
-    evaluated: [baseline, ..., ensemble]
     profiles:
       smoke:
         data: {kind: synthetic, preset: ovis, valid_videos: 60, ...}   # training clips are a generated stream
@@ -23,7 +21,10 @@ A reproduction directory holds ``params.yaml``::
 
 A variant is a method + config overrides on the profile's base recipe (one level: the variant's keys replace
 the base's, dicts merged key by key), an inference-only variant of another's checkpoint (``from``), or a
-result-level ensemble of other variants. Stages (run from the reproduction directory):
+result-level ensemble of other variants. What is trained, inferred and evaluated follows from the variants:
+``dvc.yaml`` is generated from params.yaml (:mod:`vis_core.engine.pipeline`). Every stage first parses the
+whole file strictly (:mod:`vis_core.engine.repro_params`): a misspelt or mistyped key anywhere fails at once,
+naming the file, the variant or section and the key. Stages (run from the reproduction directory):
 
     vis stage data                           -> data/manifest.json (+ the stored eval split / held-out split)
     vis stage train  --variant V [--seed S]  -> runs/V/seedS/ (checkpoints, metrics.jsonl, config)
@@ -32,6 +33,7 @@ result-level ensemble of other variants. Stages (run from the reproduction direc
     vis stage curve  --variant V             -> curves/V.json (AP vs fine-tuning iteration, from 0 = pre-trained)
     vis stage submit --variant V --seed S    -> submission/results.zip (CodaLab format)
     vis stage qualitative --variant V --seed S -> figures/qualitative.png (the most crowded, occluded video)
+    vis stage pipeline [--check]             -> dvc.yaml, generated from params.yaml (--check: only compare)
 
 Without ``--seed``, train / infer run every seed as concurrent processes (``launcher.jobs`` at a time, one torch
 thread each; :mod:`vis_core.engine.jobs`). ``reproductions/_pretrain`` (same command, its own params.yaml)
@@ -68,50 +70,24 @@ class StageError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------- params
 def load_params(path: str | os.PathLike = "params.yaml") -> dict:
-    """Read and check a reproduction's (or ``_pretrain``'s) params.yaml; errors name the file and key."""
+    """Read and check a reproduction's (or ``_pretrain``'s) params.yaml; errors name the file and key.
+
+    Every key of the file is parsed strictly (:func:`vis_core.engine.repro_params.parse_params`) before any
+    stage does work: a misspelt or mistyped key anywhere fails here, not hours later inside a training job.
+    The stages read the plain mapping returned here (with ``_path``, the file it came from)."""
+    from vis_core.engine.repro_params import parse_params
+    from vis_core.io.config import ConfigError, load_yaml_section
+
     path = Path(path)
     if not path.is_file():
         raise StageError(f"{path}: params file not found (run `vis stage` from the reproduction directory)")
-    params = yaml.safe_load(path.read_text()) or {}
-    for key in ("profile", "profiles"):
-        if key not in params:
-            raise StageError(f"{path}: missing key '{key}'")
-    if params["profile"] not in params["profiles"]:
-        raise StageError(f"{path}: profile {params['profile']!r} is not one of {sorted(params['profiles'])}")
-    # a reproduction has variants and seeds; the shared pre-training has families in its profiles instead
-    if "families" not in params["profiles"][params["profile"]]:
-        for key in ("variants", "seeds"):
-            if key not in params:
-                raise StageError(f"{path}: missing key '{key}'")
+    try:
+        params = load_yaml_section(path)
+    except ConfigError as exc:  # invalid YAML, or not a mapping
+        raise StageError(str(exc)) from None
+    parse_params(params, str(path))
     params["_path"] = str(path)
-    if "variants" in params:
-        _check_variants(params)
     return params
-
-
-def _check_variants(params: dict) -> None:
-    from vis_core.methods.registry import segmenter_family
-
-    where = params["_path"]
-    seeds = params["seeds"]
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise StageError(f"{where}: seeds: expected a non-empty list of integers, got {seeds!r}")
-    trained = params.get("trained", {})
-    if not isinstance(trained, dict):
-        raise StageError(f"{where}: trained: expected a mapping variant -> segmenter family, got {trained!r}")
-    for variant, family in trained.items():
-        method = variant_of(params, variant).get("method")
-        if method is None:
-            raise StageError(f"{where}: trained.{variant}: variants.{variant} has no 'method'")
-        try:
-            actual = segmenter_family(method)
-        except KeyError as exc:
-            raise StageError(f"{where}: variants.{variant}.method: {exc.args[0]}") from None
-        if family != actual:
-            raise StageError(f"{where}: trained.{variant}: family {family!r}, but method {method!r} is built on "
-                             f"{actual!r}")
-    for variant in params.get("evaluated", []):
-        variant_of(params, variant)
 
 
 def profile_of(params: dict) -> dict:
@@ -290,20 +266,30 @@ def stage_pretrain(params: dict, family: str) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------- train
+TRAINED_KEYS = ("model", "solver", "data")  # what a trained variant puts on its method's recipe
+
+
+def train_recipe(params: dict, variant: str) -> tuple[str, dict]:
+    """(method, config) of a trained variant before its phases are expanded: the profile's recipe for its
+    method with the variant's ``model`` / ``solver`` / ``data`` on top (dicts merged key by key). Shared by
+    :func:`resolve_train_config` and the params parser, so both see the very same merge."""
+    spec = variant_of(params, variant)
+    if "method" not in spec:
+        raise StageError(f"{params['_path']}: variants.{variant} is not a trained variant (no 'method')")
+    method = spec["method"]
+    base = (profile_of(params).get("train") or {}).get(method)
+    if base is None:
+        raise StageError(f"{params['_path']}: profiles.{params['profile']}.train has no recipe for {method!r}")
+    return method, merge(base, {k: v for k, v in spec.items() if k in TRAINED_KEYS})
+
+
 def resolve_train_config(params: dict, variant: str, seed: int, paths: dict) -> list[dict]:
     """The ``TrainConfig`` dicts of one (variant, seed): one per training phase (e.g. COCO pseudo videos, then
     the challenge train set), the later ones initialised from the earlier ones. When the profile says
     ``pretrained: true`` the first one starts from the shared pre-training of the method's segmenter family and
     inherits its architecture (the recipe's ``model`` keys go on top: dataset, add-ons)."""
-    spec = variant_of(params, variant)
-    if "method" not in spec:
-        raise StageError(f"{params['_path']}: variants.{variant} is not a trained variant (no 'method')")
+    method, cfg = train_recipe(params, variant)
     prof = profile_of(params)
-    method = spec["method"]
-    base = prof["train"].get(method)
-    if base is None:
-        raise StageError(f"{params['_path']}: profiles.{params['profile']}.train has no recipe for {method!r}")
-    cfg = merge(base, {k: v for k, v in spec.items() if k in ("model", "solver", "data")})
     init = None
     if prof.get("pretrained"):
         from vis_core.methods.registry import segmenter_family
@@ -587,15 +573,15 @@ def stage_curve(params: dict, variant: str, seed: int | None = None, iteration: 
         run_jobs(todo, _launcher(params)[1], f"curve {variant}")
     except JobError as exc:
         raise StageError(str(exc)) from None
-    curves = []
+    points = []  # one flat list (seed, iteration, AP...): what `dvc plots` reads (vis_core.report.plots)
     for s in seeds:
-        pts = [{"iteration": it, **_ap_keys(load_json(out_root / f"seed{s}" / f"it{it}.metrics.json"))}
-               for it, _ in curve_points(params, variant, s)]
-        pts.append({"iteration": final[s],
-                    **_ap_keys(load_json(Path("metrics") / variant / f"seed{s}.json"))})
-        curves.append({"seed": s, "points": pts})
+        points += [{"seed": s, "iteration": it,
+                    **_ap_keys(load_json(out_root / f"seed{s}" / f"it{it}.metrics.json"))}
+                   for it, _ in curve_points(params, variant, s)]
+        points.append({"seed": s, "iteration": final[s],
+                       **_ap_keys(load_json(Path("metrics") / variant / f"seed{s}.json"))})
     return save_json({"variant": variant, "pretrained": bool(profile_of(params).get("pretrained")),
-                      "curves": curves}, Path("curves") / f"{variant}.json", indent=1)
+                      "points": points}, Path("curves") / f"{variant}.json", indent=1)
 
 
 def _ap_keys(stats: dict) -> dict:
@@ -643,7 +629,7 @@ def stage_qualitative(params: dict, variant: str, seed: int) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------- cli
-STAGES = ("data", "pretrain", "train", "infer", "eval", "curve", "submit", "qualitative")
+STAGES = ("data", "pretrain", "train", "infer", "eval", "curve", "submit", "qualitative", "pipeline")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -654,6 +640,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None,
                         help="one seed (train / infer / eval / curve: default every seed; submit / qualitative: 0)")
     parser.add_argument("--iteration", type=int, default=None, help=argparse.SUPPRESS)  # one curve point
+    parser.add_argument("--check", action="store_true",
+                        help="pipeline: compare dvc.yaml with what params.yaml generates, write nothing")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -665,6 +653,10 @@ def main(args: argparse.Namespace) -> int:
         params = load_params(args.params)
         if args.stage == "data":
             out = stage_data(params)
+        elif args.stage == "pipeline":
+            from vis_core.engine.pipeline import write_pipeline
+
+            out = write_pipeline(params, check=args.check)
         elif args.stage == "pretrain":
             if args.family is None:
                 raise StageError("vis stage pretrain: --family is required")

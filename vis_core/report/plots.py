@@ -12,9 +12,10 @@ Inputs:
 - AP vs iteration ``curves/<variant>.json`` (``vis stage curve``)::
 
       {"variant": str, "pretrained": bool,
-       "curves": [{"seed": int, "points": [{"iteration": int, "AP": float, "AP50": float, ...}, ...]}, ...]}
+       "points": [{"seed": int, "iteration": int, "AP": float, "AP50": float, ...}, ...]}
 
-  (iteration 0 is the pre-trained checkpoint the fine-tuning started from when ``pretrained``);
+  (iteration 0 is the pre-trained checkpoint the fine-tuning started from when ``pretrained``; one flat list
+  of points, the first list of the file, so that ``dvc plots`` reads it as declared in dvc.yaml);
 - benchmark ``latency.json``::
 
       {"device": str,
@@ -97,22 +98,23 @@ def mean_curve(seeds: dict[int, list[dict]], key: str = "loss") -> tuple[list[in
 
 
 def load_curves(path: str | os.PathLike) -> dict:
-    """Read and validate an AP-vs-iteration file (schema in the module docstring)."""
+    """Read and validate an AP-vs-iteration file (schema in the module docstring); returns it with the points
+    grouped per seed: ``{"variant", "pretrained", "curves": [{"seed", "points": [...]}, ...]}``."""
     path = Path(path)
     obj = read_json(path)
-    if not isinstance(obj, dict) or not isinstance(obj.get("curves"), list) or not obj["curves"]:
-        raise ReportInputError(f"{path}: expected an object with a non-empty 'curves' list")
-    for i, curve in enumerate(obj["curves"]):
-        points = curve.get("points") if isinstance(curve, dict) else None
-        if not isinstance(points, list) or not points:
-            raise ReportInputError(f"{path}: curves[{i}]: field 'points': expected a non-empty list")
-        for j, pt in enumerate(points):
-            it, ap = (pt.get("iteration"), pt.get("AP")) if isinstance(pt, dict) else (None, None)
-            if isinstance(it, bool) or not isinstance(it, int) or it < 0:
-                raise ReportInputError(f"{path}: curves[{i}].points[{j}]: field 'iteration': expected an int >= 0")
-            if isinstance(ap, bool) or not isinstance(ap, (int, float)) or not math.isfinite(ap):
-                raise ReportInputError(f"{path}: curves[{i}].points[{j}]: field 'AP': expected a number")
-    return obj
+    if not isinstance(obj, dict) or not isinstance(obj.get("points"), list) or not obj["points"]:
+        raise ReportInputError(f"{path}: expected an object with a non-empty 'points' list")
+    by_seed: dict[int, list[dict]] = {}
+    for j, pt in enumerate(obj["points"]):
+        seed, it, ap = (pt.get(k) for k in ("seed", "iteration", "AP")) if isinstance(pt, dict) else (None,) * 3
+        for name, value in (("seed", seed), ("iteration", it)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ReportInputError(f"{path}: points[{j}]: field '{name}': expected an int >= 0")
+        if isinstance(ap, bool) or not isinstance(ap, (int, float)) or not math.isfinite(ap):
+            raise ReportInputError(f"{path}: points[{j}]: field 'AP': expected a number")
+        by_seed.setdefault(seed, []).append({k: v for k, v in pt.items() if k != "seed"})
+    curves = [{"seed": s, "points": pts} for s, pts in by_seed.items()]
+    return {**{k: v for k, v in obj.items() if k != "points"}, "curves": curves}
 
 
 def load_bench(path: str | os.PathLike) -> dict:
