@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("vis_core.data.cli", "generate, validate and look at VIS datasets"),
     "eval": ("vis_core.eval.cli", "evaluate a YouTube-VIS/OVIS results json against ground truth"),
     "train": ("vis_core.engine.cli_train", "train a segmenter / VIS method from a YAML config"),
-    "infer": ("vis_core.engine.cli_infer", "streaming inference, writes a YouTube-VIS results json"),
+    "infer": ("vis_core.engine.cli_infer", "online / clip / offline inference, writes a YouTube-VIS results json"),
     "bench": ("vis_core.engine.bench", "inference latency / peak memory vs video length (JSON)"),
     "ensemble": ("vis_core.tracking.cli_ensemble", "fuse several results json files into one"),
     "stage": ("vis_core.engine.stages", "run one step of a reproduction's DVC pipeline from its params.yaml"),

@@ -42,6 +42,9 @@ Optional hooks, with their defaults here:
 * ``predict_frames(images, image_sizes, output_sizes)``: per-image instances for frame-level mask AP.
 * ``segment_frames(images (N, 3, h, w))``: online / clip methods; default: ``segment_frame`` frame by frame
   (override with one batched pass).
+* ``memory_bytes(frames_held, (h, w))`` on a clip method: its predicted peak for one window, checked against
+  the budget like an offline method's; ``lower_memory_modes(T, (h, w)) -> {description: bytes}`` on a clip
+  or offline method: the cheaper modes a refusal suggests (e.g. Propose-Reduce's bounded memory).
 
 Class attributes: ``kind`` (above) and ``segmenter_family`` (``deformable_detr`` / ``mask2former``: methods of a
 family start from one shared pre-training of that segmenter).
