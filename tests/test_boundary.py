@@ -14,15 +14,16 @@ from vis_core.modeling.heads.boundary import (
 )
 
 
-def test_boundary_of_square_is_ring_inside_and_outside():
-    mask = torch.zeros(1, 7, 7, dtype=torch.bool)
-    mask[0, 2:5, 2:5] = True  # 3x3 square
+def test_boundary_of_a_square_is_its_inner_edge_only():
+    mask = torch.zeros(1, 9, 9, dtype=torch.bool)
+    mask[0, 2:7, 2:7] = True  # 5x5 square
     b = boundary_targets(mask)
-    # |Laplacian| > 0 on the 5x5 square around it, except the square's centre (all 8 neighbours inside)
-    expected = torch.zeros(7, 7)
-    expected[1:6, 1:6] = 1
-    expected[3, 3] = 0
+    # the one-pixel ring of the square's own pixels: |Laplacian| would add the ring outside it too (16 + 24)
+    expected = torch.zeros(9, 9)
+    expected[2:7, 2:7] = 1
+    expected[3:6, 3:6] = 0
     assert torch.equal(b[0], expected)
+    assert b.sum() == 16 and bool((b[0].bool() & ~mask[0]).sum() == 0)
     assert b.dtype == torch.float32
 
 
@@ -39,7 +40,7 @@ def test_threshold_matters_for_soft_masks():
     m[0, 2, 2] = 0.05  # Laplacian: 0.4 at the centre, -0.05 at the 8 neighbours
     b = boundary_targets(m, threshold=0.1)
     assert b.sum() == 1 and b[0, 2, 2] == 1
-    assert boundary_targets(m, threshold=0.01).sum() == 9
+    assert boundary_targets(m, threshold=0.01).sum() == 1  # the neighbours' responses are negative: no band
     assert boundary_targets(m, threshold=0.5).sum() == 0
 
 

@@ -151,28 +151,29 @@ def test_position_embedding_depends_on_the_valid_area_only():
 
 
 class Doubler(nn.Module):
-    """Two-stream pre-layer: ``cat([x, x + offset])`` along the batch."""
+    """Two-stream encoder hook: ``cat([x, x + offset])`` along the batch."""
 
     def __init__(self, offset=None):
         super().__init__()
         self.offset = offset
         self.calls = 0
 
-    def forward(self, src, pos=None, padding_mask=None):
+    def forward(self, src, pos=None, reference_points=None, padding_mask=None):
         self.calls += 1
         assert pos.shape == src.shape and padding_mask.shape == src.shape[:2]
+        assert reference_points.shape[:2] == src.shape[:2]
         return torch.cat([src, src if self.offset is None else src + self.offset])
 
 
-def test_batch_doubling_pre_layer_tiles_everything_downstream():
+def test_batch_doubling_encoder_hook_tiles_everything_downstream():
     model = _model(enc_layers=2).eval()
     x = _images(2, 64, 96)
     sizes = [(64, 96), (40, 60)]
     with torch.no_grad():
         plain = model(x, image_sizes=sizes)
-        model.encoder.set_pre_layers({1: Doubler()})
+        model.encoder.set_hooks({1: Doubler()})  # after encoder layer 0
         doubled = model(x, image_sizes=sizes)
-    assert model.encoder.pre_layer["1"].calls == 1
+    assert model.encoder.hooks["1"].calls == 1
     for key in ("pred_logits", "pred_boxes", "pred_masks", "pred_embds"):
         assert doubled[key].shape[0] == 4
         # identical streams: both halves equal the plain output, in the same image order
@@ -180,12 +181,16 @@ def test_batch_doubling_pre_layer_tiles_everything_downstream():
         assert torch.allclose(doubled[key][2:], plain[key], atol=1e-4), key
     with torch.no_grad():
         # a per-channel offset (LayerNorm does not cancel it) changes only the second stream
-        model.encoder.set_pre_layers({0: Doubler(torch.randn(32, generator=torch.Generator().manual_seed(1)))})
+        model.encoder.set_hooks({0: Doubler(torch.randn(32, generator=torch.Generator().manual_seed(1)))})
         other = model(x, image_sizes=sizes)
     assert torch.allclose(other["pred_logits"][:2], plain["pred_logits"], atol=1e-4)
     assert not torch.allclose(other["pred_logits"][2:], plain["pred_logits"], atol=1e-3)
+    with torch.no_grad():
+        model.encoder.set_hooks({2: Doubler()})  # after the last layer: the memory itself is doubled
+        last = model(x, image_sizes=sizes)
+    assert torch.allclose(last["pred_logits"][2:], plain["pred_logits"], atol=1e-4)
     with pytest.raises(ValueError, match="out of range"):
-        model.encoder.set_pre_layers({2: Doubler()})
+        model.encoder.set_hooks({3: Doubler()})
 
 
 def _targets_from_masks(masks_per_image, labels_per_image, h, w):
@@ -303,7 +308,7 @@ def test_method_two_stream_losses_equal_single_stream_losses():
     targets = _two_square_targets()
     batch = {"images": _images(2, 64, 96)[:, None], "targets": [[targets[0]], [targets[1]]]}
     plain = method(batch)
-    method.model.encoder.set_pre_layers({1: Doubler()})
+    method.model.encoder.set_hooks({1: Doubler()})
     doubled = method(batch)
     assert set(plain) == set(doubled)
     for key in plain:

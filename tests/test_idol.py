@@ -10,7 +10,7 @@ import torch
 from vis_core.data.synthetic import generate
 from vis_core.data.ytvis import load_annotations
 from vis_core.engine.config import ConfigError
-from vis_core.engine.infer import InferConfig, results_by_video, reusable_scales, run_inference
+from vis_core.engine.infer import InferConfig, read_soft_results, reusable_scales, run_inference
 from vis_core.eval import evaluate
 from vis_core.methods.detr_segmenter import DeformableDETRFrame
 from vis_core.methods.idol import IDOL, IDOLConfig
@@ -185,16 +185,64 @@ def test_batchformer_trains_two_streams_and_is_removed_at_test():
     method = _method(batchformer={"enabled": True}).train()
     losses = method(_batch())
     sum(losses.values()).backward()
-    block = method.model.encoder.pre_layer["0"].block
+    block = method.model.encoder.hooks["1"].block  # insert_idx [0]: after encoder layer 0
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in block.parameters())
 
     plain = _method(seed=1)
     missing, unexpected = plain.load_state_dict(method.state_dict(), strict=False)
-    assert not missing and unexpected and all(".pre_layer." in k for k in unexpected)
+    assert not missing and unexpected and all(".encoder.hooks." in k for k in unexpected)
     image = torch.rand(3, H, W, generator=torch.Generator().manual_seed(3)) * 255
     with_bf, without = method.eval().segment_frame(image), plain.eval().segment_frame(image)
     for key in with_bf:
         assert torch.equal(with_bf[key], without[key]), key
+
+
+def _record_batchformer(method) -> list:
+    """Record ``(hook, input, output)`` of every BatchFormer insertion point the method runs."""
+    from vis_core.modeling.batchformer import BatchFormerHook
+
+    calls = []
+    for module in method.modules():
+        if isinstance(module, BatchFormerHook):
+            module.register_forward_hook(lambda mod, args, out: calls.append((mod, args[0], out)))
+    return calls
+
+
+def test_batchformer_never_mixes_a_key_frame_with_its_reference_frame():
+    """As the official code's separate key / reference transformer passes: the key frames attend to each
+    other, the reference frames to each other, and no key frame to its own (or any) reference frame."""
+    method = _method(batchformer={"enabled": True, "dropout": 0.0}).train()
+    calls = _record_batchformer(method)
+    method(_batch())
+    hook, x, out = calls[0]  # x: (4, S, C) frames (key0, ref0, key1, ref1); out: (8, S, C), two streams
+    assert out.shape[0] == 2 * x.shape[0] and torch.equal(out[:4], x)
+    with torch.no_grad():
+        y = x.clone()
+        y[1::2] += torch.randn_like(y[1::2])  # other reference frames
+        changed = hook(y)
+        torch.testing.assert_close(changed[4:][0::2], out[4:][0::2])  # key frames: untouched
+        assert not torch.allclose(changed[4:][3], out[4:][3])  # ref1 sees ref0
+        z = x.clone()
+        z[2] += 1.0  # key frame of clip 1
+        assert not torch.allclose(hook(z)[4:][0], out[4:][0])  # key0 sees key1
+
+
+@pytest.mark.parametrize("insert_idx", [0, -1])
+def test_batchformer_runs_on_the_output_of_encoder_layer_i(insert_idx):
+    """insert_idx i: the block's input is the output of encoder layer i (official placement); -1, after the
+    last layer, makes the encoder's memory the two streams themselves."""
+    method = _method(enc_layers=2, batchformer={"enabled": True, "insert_idx": [insert_idx], "dropout": 0.0})
+    method.train()
+    encoder = method.model.transformer.encoder
+    seen = {}
+    encoder.layers[insert_idx].register_forward_hook(lambda mod, args, out: seen.__setitem__("layer", out))
+    encoder.register_forward_hook(lambda mod, args, out: seen.__setitem__("memory", out[0]))
+    calls = _record_batchformer(method)
+    method(_batch())
+    (_, x, out), = calls
+    assert torch.equal(x, seen["layer"])
+    if insert_idx == -1:
+        assert torch.equal(seen["memory"], out)
 
 
 # ---------------------------------------------------------------------------------------------- inference
@@ -209,14 +257,15 @@ def test_segment_frame_names_the_reid_embeddings_pred_reid():
     torch.testing.assert_close(frame["pred_reid"], method.reid_head(queries))
 
 
-def test_streaming_and_hold_all_give_identical_results(tmp_path):
+@pytest.mark.parametrize("scales", [[], [48, 64]])  # the multi-scale test keeps soft masks per (track, frame)
+def test_streaming_and_hold_all_give_identical_results(tmp_path, scales):
     generate(tmp_path, "ovis", seed=0, train_videos=0, valid_videos=2, frames=(5, 7), height=48, width=80)
     gt, root = tmp_path / "valid" / "instances.json", tmp_path / "valid" / "JPEGImages"
     # untrained scores sit at the 0.01 prior: open the thresholds so that tracks are born and matched
     method = _method(num_classes=5, dataset="ovis", quality={"enabled": True, "use_at_test": True},
                      tracker={"score_thresh": 0.0, "init_score_thresh": 0.0, "new_score_thresh": 0.0,
                               "class_score_thresh": 0.0})
-    paths = {mode: run_inference(method, gt, root, tmp_path / f"{mode}.json", InferConfig(mode=mode),
+    paths = {mode: run_inference(method, gt, root, tmp_path / f"{mode}.json", InferConfig(mode=mode, scales=scales),
                                  progress=False) for mode in ("streaming", "hold_all")}
     streaming, hold_all = (json.loads(paths[m].read_text()) for m in ("streaming", "hold_all"))
     assert streaming and streaming == hold_all
@@ -262,12 +311,21 @@ def test_multiscale_reuses_a_single_scale_run_of_the_same_model_exactly(tmp_path
     assert reusable_scales(gt, multi_cfg, single_cfg) == [48]  # stored 48 x 80: scale 48 is the stored size
     assert reusable_scales(gt, multi_cfg, InferConfig(frame_batch=1)) == []  # other settings: recompute
     assert reusable_scales(gt, multi_cfg, InferConfig(min_size=64, frame_batch=2)) == [64]
-    single = json.loads(run_inference(method, gt, root, tmp_path / "single.json", single_cfg,
-                                      progress=False).read_text())
+    # the merge reads soft masks: the single-scale run writes them to a sidecar, its results json stays official
+    single = json.loads(run_inference(method, gt, root, tmp_path / "single.json", single_cfg, progress=False,
+                                      soft_path=tmp_path / "single.soft.json").read_text())
+    plain = json.loads(run_inference(method, gt, root, tmp_path / "plain.json", single_cfg,
+                                     progress=False).read_text())
+    assert single == plain and all(set(e) == {"video_id", "category_id", "score", "segmentations"} for e in single)
+    soft = read_soft_results(tmp_path / "single.soft.json", multi_cfg)
+    assert [e for v in soft.values() for e in v] != [] and all("soft_segmentations" in e for v in soft.values()
+                                                               for e in v)
+    assert read_soft_results(tmp_path / "single.soft.json", InferConfig(soft_levels=[0.3])) is None  # other levels
+    assert read_soft_results(tmp_path / "missing.soft.json", multi_cfg) is None
     recomputed = run_inference(method, gt, root, tmp_path / "multi.json", multi_cfg, progress=False,
                                timing_path=tmp_path / "t_multi.json")
     reused = run_inference(method, gt, root, tmp_path / "reused.json", multi_cfg, progress=False,
-                           timing_path=tmp_path / "t_reused.json", reuse={48: results_by_video(single)})
+                           timing_path=tmp_path / "t_reused.json", reuse={48: soft})
     assert json.loads(recomputed.read_text()) == json.loads(reused.read_text()) != []
     assert json.loads((tmp_path / "t_multi.json").read_text())["frames"] == 2 * frames
     assert json.loads((tmp_path / "t_reused.json").read_text())["frames"] == frames

@@ -1,5 +1,5 @@
-"""Mask2Former: output contract, masked attention, pre-layer hooks, VITA outputs, deep supervision, weights,
-overfit."""
+"""Mask2Former: output contract, masked attention, pixel-decoder encoder hooks, VITA outputs, deep supervision,
+weights, overfit."""
 
 from __future__ import annotations
 
@@ -124,84 +124,75 @@ def test_masked_cross_attention_ignores_masked_memory():
 
 
 class _Streams(nn.Module):
-    """A batch-multiplying hook: ``cat([x, 2 x, 3 x, ...])`` (``k`` streams); records its input."""
+    """A batch-multiplying encoder hook: ``cat([x, 2 x, 3 x, ...])`` (``k`` streams); records its input and
+    the keyword context the encoder passes."""
 
     def __init__(self, k: int):
         super().__init__()
-        self.k, self.inputs = k, []
+        self.k, self.inputs, self.context = k, [], []
 
-    def forward(self, x):
+    def forward(self, x, **context):
         self.inputs.append(x)
+        self.context.append(context)
         return torch.cat([x * (j + 1) for j in range(self.k)])
 
 
-class _AddOne(nn.Module):
-    def forward(self, x):
-        return x + 1
-
-
-def test_hook_runs_on_the_queries_right_before_its_layer():
-    model = _tiny().eval()
-    predictor = model.predictor
+def test_encoder_hook_runs_on_the_tokens_after_its_depth():
+    """Depth d: the output of pixel-decoder encoder layer d - 1 (0: the encoder input); what it returns is
+    what the next layer reads."""
+    model = _tiny(enc_layers=2).eval()
+    layers = model.pixel_decoder.transformer.encoder.layers
     seen = {}
-
-    def record(name):  # a forward (pre-)hook that records the first tensor it sees and changes nothing
-        return lambda module, args, *out: seen.__setitem__(name, out[0] if out else args[0])
-
-    predictor.transformer_ffn_layers[0].register_forward_hook(record("ffn0"))
-    predictor.transformer_cross_attention_layers[1].register_forward_pre_hook(record("cross1"))
-    hook = _Streams(1)
-    predictor.set_pre_layer_hooks({1: nn.Sequential(hook, _AddOne())})
+    layers[0].register_forward_hook(lambda mod, args, out: seen.__setitem__("out0", out))
+    layers[1].register_forward_pre_hook(lambda mod, args: seen.__setitem__("in1", args[0]))
+    at0, at1 = _Streams(1), _Streams(1)
+    model.pixel_decoder.transformer.set_hooks({0: at0, 1: at1})
     with torch.no_grad():
         model(_images(2))
-    assert len(hook.inputs) == 1
-    assert torch.equal(hook.inputs[0], seen["ffn0"])  # input: the output of layer 0
-    assert torch.equal(seen["cross1"], seen["ffn0"] + 1)  # output: what layer 1 reads
+    assert torch.equal(at1.inputs[0], seen["out0"]) and torch.equal(seen["in1"], seen["out0"])
+    assert at0.inputs[0].shape == seen["out0"].shape and not torch.equal(at0.inputs[0], seen["out0"])
+    assert set(at1.context[0]) == {"pos", "reference_points"}  # no padding mask in the pixel decoder
 
 
-def test_batch_multiplying_hook_gives_k_streams():
+def test_batch_multiplying_encoder_hook_gives_k_streams():
     images, k = _images(2), 3
     model = _tiny().eval()
     with torch.no_grad():
         plain = model(images)
-    model.predictor.set_pre_layer_hooks({1: _Streams(k)})
+    model.pixel_decoder.transformer.set_hooks({1: _Streams(k)})  # after the (single) encoder layer
     with torch.no_grad():
         out = model(images, num_query_layers=4)
-    for key in ("pred_logits", "pred_masks", "pred_embds"):
-        assert out[key].shape[0] == k * 2
+    # every output, the pixel-decoder maps included, has k * B samples
+    for key in ("pred_logits", "pred_masks", "pred_embds", "mask_features", "pixel_features"):
+        assert out[key].shape[0] == k * 2, key
     assert out["pred_queries"].shape[:2] == (4, k * 2)
     assert all(a["pred_masks"].shape[0] == k * 2 for a in out["aux_outputs"])
-    assert out["mask_features"].shape[0] == 2 and out["pixel_features"].shape[0] == 2  # shared, not tiled
-    # stream 0 (x * 1) is the plain model: memories and mask features were tiled, not altered
-    for key in ("pred_logits", "pred_masks", "pred_embds"):
+    # stream 0 (x * 1) is the plain model: positions, reference points and the FPN lateral were tiled
+    for key in ("pred_logits", "pred_masks", "pred_embds", "mask_features"):
         torch.testing.assert_close(out[key][:2], plain[key], rtol=1e-4, atol=1e-4)
-    for aux, ref in zip(out["aux_outputs"], plain["aux_outputs"], strict=True):
-        torch.testing.assert_close(aux["pred_masks"][:2], ref["pred_masks"], rtol=1e-4, atol=1e-4)
-    # predictions before the hook (initial queries, layer 0) are shared by all streams, in [x0, x1, x0, x1] order
-    for aux in out["aux_outputs"][:2]:
-        for j in range(1, k):
-            assert torch.equal(aux["pred_logits"][2 * j: 2 * j + 2], aux["pred_logits"][:2])
-    # the other streams went through the hook and differ
+    # the other streams went through the hook and differ, already in the first prediction (their own masks)
     for j in range(1, k):
         assert not torch.allclose(out["pred_logits"][2 * j: 2 * j + 2], out["pred_logits"][:2])
+        first = out["aux_outputs"][0]["pred_masks"]
+        assert not torch.allclose(first[2 * j: 2 * j + 2], first[:2])
     model.train()
     model(_images(1))["pred_logits"].sum().backward()  # gradients flow through the tiled path
 
 
-def test_hook_errors():
+def test_encoder_hook_errors():
     model = _tiny()
-    with pytest.raises(ValueError, match="not a decoder layer"):
-        model.predictor.set_pre_layer_hooks({3: nn.Identity()})
+    with pytest.raises(ValueError, match="depth 2 out of range"):
+        model.pixel_decoder.transformer.set_hooks({2: nn.Identity()})
 
     class _AddSample(nn.Module):
-        def forward(self, x):
+        def forward(self, x, **context):
             return torch.cat([x, x[:1]])
 
-    model.predictor.set_pre_layer_hooks({0: _AddSample()})
-    with pytest.raises(ValueError, match="hook before decoder layer 0 returned shape"):
+    model.pixel_decoder.transformer.set_hooks({0: _AddSample()})
+    with pytest.raises(ValueError, match="hook at depth 0 returned shape"):
         model(_images(2))
-    model.predictor.set_pre_layer_hooks(None)
-    assert len(model.predictor.pre_layer_hooks) == 0
+    model.pixel_decoder.transformer.set_hooks(None)
+    assert len(model.pixel_decoder.transformer.hooks) == 0
 
 
 def test_pred_queries_are_the_normalised_queries_of_the_last_layers():

@@ -60,8 +60,8 @@ def test_config_flat_keys_sub_dicts_and_errors():
         {**BASE, "num_queries": 7, "class_weight": 3.0, "topk": 5, "batchformer": {"enabled": True}}
     )
     assert cfg.overrides == {"num_queries": 7} and cfg.class_weight == 3.0 and cfg.topk == 5
-    # report 001: BatchFormerV2 before *each* decoder block unless insert_idx says otherwise
-    assert cfg.batchformer.insert_idx == list(range(cfg.segmenter_config().dec_layers))
+    # BatchFormerV2 after the last pixel-decoder encoder layer unless insert_idx says otherwise
+    assert cfg.batchformer.insert_idx == [-1] and MinVISConfig().batchformer.insert_idx == [-1]
     cfg = MinVISConfig.from_dict({**BASE, "batchformer": {"enabled": True, "insert_idx": [1]}})
     assert cfg.batchformer.insert_idx == [1]
     assert MinVISConfig.from_dict(BASE).boundary.enabled is False  # add-ons are off by default
@@ -142,18 +142,6 @@ def test_addons_use_the_criterions_final_layer_matching():
     assert final_masks.shape[0] == 2 * 2 and not any(masks is final_masks for masks, _ in calls[1:])
 
 
-def test_checkpoints_with_the_old_batchformer_keys_load():
-    """Before the decoder's generic hooks BatchFormer sat at ``segmenter.predictor.pre_blocks.<i>.*``."""
-    method = _method(batchformer={"enabled": True, "shared": False})
-    legacy = {k.replace("pre_layer_hooks.", "pre_blocks.").replace(".block.", "."): v
-              for k, v in method.state_dict().items()}
-    assert any(".pre_blocks.2.layer." in k for k in legacy)
-    fresh = _method(seed=1, batchformer={"enabled": True, "shared": False})
-    fresh.load_state_dict(legacy)  # strict: every key found under its new name
-    for key, value in method.state_dict().items():
-        assert torch.equal(fresh.state_dict()[key], value), key
-
-
 def test_quality_targets_are_the_matched_mask_ious():
     """A hand-built output: loss_quality is mean (S - IoU)^2 over the matched queries."""
     method = _method(quality={"enabled": True}).train()
@@ -179,7 +167,7 @@ def test_batchformer_doubles_the_training_batch_and_is_a_no_op_at_test():
     losses = method(batch)
     assert seen == [2 * 2 * 2]  # B * T frames, two streams
     sum(losses.values()).backward()
-    block = method.segmenter.predictor.pre_layer_hooks["0"].block
+    block = method.segmenter.pixel_decoder.transformer.hooks["1"].block  # after the tiny preset's 1 layer
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in block.parameters())  # stream 2 trained
 
     method.eval()
@@ -187,7 +175,7 @@ def test_batchformer_doubles_the_training_batch_and_is_a_no_op_at_test():
     with torch.no_grad():
         with_bf = method(batch)
         frame = method.segment_frame(batch["images"][0, 0])
-        method.segmenter.predictor.set_pre_layer_hooks(None)  # the same weights, BatchFormer removed
+        method.segmenter.pixel_decoder.transformer.set_hooks(None)  # the same weights, BatchFormer removed
         without = method(batch)
         frame_without = method.segment_frame(batch["images"][0, 0])
     assert seen[0] == 2 * 2
@@ -195,6 +183,34 @@ def test_batchformer_doubles_the_training_batch_and_is_a_no_op_at_test():
         torch.testing.assert_close(with_bf[key], without[key], rtol=0, atol=0)
     for key in frame:
         torch.testing.assert_close(frame[key], frame_without[key], rtol=0, atol=0)
+
+
+def test_batchformer_mixes_the_pixel_decoder_tokens_not_the_queries():
+    """The block runs on the output of the last pixel-decoder encoder layer (dense tokens of every frame,
+    all B * T frames mixed: MinVIS trains image-level); the decoder then reads each stream's own mask
+    features, so the streams differ from the first prediction on (the learned queries alone) onwards."""
+    from vis_core.modeling.batchformer import BatchFormerHook
+
+    method = _method(batchformer={"enabled": True, "dropout": 0.0}).train()
+    last_layer = method.segmenter.pixel_decoder.transformer.encoder.layers[-1]
+    seen, calls = {}, []
+    last_layer.register_forward_hook(lambda mod, args, out: seen.__setitem__("tokens", out))
+    method.segmenter.register_forward_hook(lambda mod, args, out: seen.__setitem__("out", out))
+    hooks = [m for m in method.modules() if isinstance(m, BatchFormerHook)]
+    for hook in hooks:
+        hook.register_forward_hook(lambda mod, args, out: calls.append((mod, args[0], out)))
+    method(_batch(b=2, t=2))
+    hook, x, _ = calls[0]
+    assert torch.equal(x, seen["tokens"])  # dense tokens (B * T, S, C), not queries
+    assert len(calls) == 1
+    out = seen["out"]
+    assert out["mask_features"].shape[0] == 2 * 4  # the decoder sees the two streams' own mask features
+    first = out["aux_outputs"][0]["pred_masks"]
+    assert not torch.allclose(first[4:], first[:4])
+    with torch.no_grad():
+        y = x.clone()
+        y[1] += 1.0  # frame 1 of clip 0
+        assert not torch.allclose(hook(y)[4 + 0], hook(x)[4 + 0])  # frame 0 (same clip) sees it
 
 
 # ------------------------------------------------------------------------------------------- inference
@@ -276,17 +292,18 @@ def test_results_are_invariant_to_the_query_order_of_a_frame(frame):
     assert json.dumps(shuffled) == json.dumps(reference)
 
 
-def test_streaming_and_hold_all_give_identical_results(tmp_path):
+@pytest.mark.parametrize("scales", [[], [96, 128]])  # the multi-scale test keeps soft masks per (slot, frame)
+def test_streaming_and_hold_all_give_identical_results(tmp_path, scales):
     generate(tmp_path, "ovis", seed=0, train_videos=0, valid_videos=3, frames=(4, 6))
     gt, root = tmp_path / "valid" / "instances.json", tmp_path / "valid" / "JPEGImages"
     method = _method(**ADDONS, num_classes=5)
     paths = {}
     for mode in ("streaming", "hold_all"):
-        paths[mode] = run_inference(method, gt, root, tmp_path / f"{mode}.json", InferConfig(mode=mode),
-                                    progress=False)
+        paths[mode] = run_inference(method, gt, root, tmp_path / f"{mode}.json",
+                                    InferConfig(mode=mode, scales=scales), progress=False)
     streaming, hold_all = (json.loads(paths[m].read_text()) for m in ("streaming", "hold_all"))
     assert streaming == hold_all
-    assert len(streaming) == 3 * method.cfg.topk
+    assert len(streaming) >= 3 * method.cfg.topk if scales else len(streaming) == 3 * method.cfg.topk
     assert all(len(r["segmentations"]) == len(json.loads(gt.read_text())["videos"][0]["file_names"])
                for r in streaming if r["video_id"] == 1)
     metrics = evaluate(gt, streaming, occlusion=True)  # a valid results file for the official evaluator

@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from vis_core.data.ytvis import decode_segmentation, mask_to_rle
-from vis_core.tracking.multiscale import MergedTrack, ScaleTrack, StreamingMultiScaleMerger, merge_multiscale
+from vis_core.data.ytvis import decode_segmentation, mask_to_rle, masks_to_rles
+from vis_core.engine.infer import merge_scale_results
+from vis_core.tracking.multiscale import MergedTrack, ScaleTrack, merge_multiscale, merged_score
+from vis_core.tracking.soft_masks import SoftMaskCodec
 
 H = W = 4
 
@@ -27,8 +29,9 @@ def _bin(**pixels):
     return (_prob(**pixels) >= 0.5).numpy().astype(np.uint8)
 
 
-def _decoded(track: MergedTrack):
-    return [None if m is None else decode_segmentation(m, H, W) for m in track.masks]
+def _decoded(masks):
+    masks = masks.masks if isinstance(masks, MergedTrack) else masks
+    return [None if m is None else decode_segmentation(m, H, W) for m in masks]
 
 
 # Three scales, two frames. Scale 0 (anchors): an object at M (+ weak P) and one at R.
@@ -60,9 +63,20 @@ def test_hand_made_three_scales():
     assert np.array_equal(r0, _bin(R=1)) and r1 is None
     # Q object: (0.9 + 0.6) / 2
     assert all(np.array_equal(m, _bin(Q=1)) for m in _decoded(merged[2]))
-    # plain mean over members instead
-    merged = merge_multiscale([S0, S1, S2], count_absent_scales=False)
-    torch.testing.assert_close(merged[2].scores, torch.tensor([0.3, 0.2]))
+    # absent_weight 0: the plain mean over members; 0.5: a missing scale is half a zero vote
+    torch.testing.assert_close(merge_multiscale([S0, S1, S2], absent_weight=0)[2].scores, torch.tensor([0.3, 0.2]))
+    torch.testing.assert_close(merge_multiscale([S0, S1, S2], absent_weight=0.5)[2].scores,
+                               torch.tensor([0.6, 0.4]) / 2.5)
+
+
+def test_scores_average_agreed_tracks_and_penalise_one_scale_tracks():
+    both = merged_score([torch.tensor([0.8]), torch.tensor([0.6])], num_scales=2, absent_weight=1)
+    torch.testing.assert_close(both, torch.tensor([0.7]))
+    # the default full zero vote halves a one-scale track (measured: those are nearly all false positives)
+    torch.testing.assert_close(merged_score([torch.tensor([0.9])], 2, absent_weight=1), torch.tensor([0.45]))
+    torch.testing.assert_close(merged_score([torch.tensor([0.9])], 2, absent_weight=0.5), torch.tensor([0.6]))
+    with pytest.raises(ValueError, match="absent_weight"):
+        merge_multiscale([S0], absent_weight=1.5)
 
 
 def test_prob_output_is_the_member_mean():
@@ -80,12 +94,12 @@ def test_prob_output_is_the_member_mean():
         assert got.masks == ref.masks and got.members == ref.members
 
 
-def test_rle_members_vote_with_at_least_half():
+def test_binary_members_without_soft_masks_count_as_zero_one():
+    # the fallback for results without soft masks (clip / offline methods): a half vote of 0/1 masks
     a = ScaleTrack([mask_to_rle(_bin(M=1)), mask_to_rle(_bin(M=1))], torch.tensor([1.0]))
     b = ScaleTrack([mask_to_rle(_bin(M=1, P=1)), mask_to_rle(_bin(M=1))], torch.tensor([0.5]))
     (m,) = merge_multiscale([[a], [b]])
     f0, f1 = _decoded(m)
-    # two binary members: a pixel with one vote of two is kept (>= half), so the union
     assert np.array_equal(f0, _bin(M=1, P=1)) and np.array_equal(f1, _bin(M=1))
     torch.testing.assert_close(m.scores, torch.tensor([0.75]))
     # a lone RLE member passes through, bytes counts become json-ready strings
@@ -94,68 +108,68 @@ def test_rle_members_vote_with_at_least_half():
     assert solo.masks[0] == mask_to_rle(_bin(Q=1)) and solo.masks[1] is None
 
 
-def _line(*ranges, n=14):
-    m = torch.zeros(1, n)
-    for lo, hi in ranges:
-        m[0, lo : hi + 1] = 1
-    return m
+def _entry(score, *probs):
+    """A results entry as an online associator that keeps soft masks writes it, from probability maps."""
+    codec = SoftMaskCodec()
+    margins = torch.logit(torch.stack(probs).clamp(1e-4, 1 - 1e-4))
+    return {"video_id": 1, "category_id": 3, "score": score,
+            "segmentations": masks_to_rles((margins > 0).numpy()), "soft_segmentations": codec.encode(margins)}
+
+
+def test_soft_merge_of_a_subset_mask_is_not_the_union():
+    # scale 0 marks M + P + Q, scale 1 (its mask a strict subset) only M. P: 0.6 vs 0.1 -> mean 0.35, dropped;
+    # Q: 0.9 vs 0.3 -> mean 0.6, kept. Quantised (levels 0.25 / 0.5 / 0.75): P 0.625 + 0 -> 0.31; Q 1 + 0.375
+    # -> 0.69. The old vote of binary masks kept their union M + P + Q.
+    big = _entry(0.8, _prob(M=0.95, P=0.6, Q=0.9))
+    small = _entry(0.6, _prob(M=0.9, P=0.1, Q=0.3))
+    assert np.array_equal(_decoded(big["segmentations"])[0], _bin(M=1, P=1, Q=1))
+    assert np.array_equal(_decoded(small["segmentations"])[0], _bin(M=1))
+    (merged,) = merge_scale_results([[big], [small]])
+    assert np.array_equal(_decoded(merged["segmentations"])[0], _bin(M=1, Q=1))
+    assert merged["score"] == pytest.approx(0.7) and set(merged) == {"video_id", "category_id", "score",
+                                                                      "segmentations"}
+    # a lone scale keeps its own binary mask exactly, and a one-scale track half its score
+    (alone,) = merge_scale_results([[big], []])
+    assert alone["segmentations"] == big["segmentations"] and alone["score"] == pytest.approx(0.4)
+
+
+def test_codec_round_trip_and_errors():
+    codec = SoftMaskCodec([0.75, 0.25])
+    assert codec.levels == (0.25, 0.75) and codec == SoftMaskCodec() and SoftMaskCodec([]) != codec
+    p = torch.tensor([[0.05, 0.3, 0.45, 0.55], [0.7, 0.8, 0.99, 0.5]])[None]
+    margins = torch.logit(p)
+    (extra,) = codec.encode(margins)
+    binary = mask_to_rle((margins[0] > 0).numpy())
+    decoded = codec.decode(binary, extra, (2, 4))
+    # bins: <= 0.25 -> 0, (0.25, 0.5] -> 0.375, (0.5, 0.75] -> 0.625, > 0.75 -> 1 (0.5 itself is not above 0.5)
+    np.testing.assert_allclose(decoded, [[0, 0.375, 0.375, 0.625], [0.625, 1, 1, 0.375]])
+    assert np.array_equal(decoded >= 0.5, (margins[0] > 0).numpy())  # thresholding gives the binary mask back
+    np.testing.assert_array_equal(codec.decode(binary, None, (2, 4)), (margins[0] > 0).numpy())  # no soft: 0/1
+    np.testing.assert_array_equal(codec.decode(None, None, (2, 4)), np.zeros((2, 4)))
+    assert SoftMaskCodec([]).encode(margins) == [[]]
+    with pytest.raises(ValueError, match="levels"):
+        SoftMaskCodec([0.5])
+    with pytest.raises(ValueError, match="level masks"):
+        SoftMaskCodec([0.2, 0.4, 0.8]).decode(binary, extra, (2, 4))
 
 
 def test_hungarian_beats_greedy_and_threshold_filters_first():
-    a = ScaleTrack([_line((1, 10))], torch.tensor([1.0]))
-    b = ScaleTrack([_line((3, 13))], torch.tensor([1.0]))
-    x = ScaleTrack([_line((1, 11))], torch.tensor([1.0]))  # IoU a 10/11, b 9/13
-    y = ScaleTrack([_line((1, 8))], torch.tensor([1.0]))  # IoU a 8/10, b 6/13 (< 0.5)
+    def line(*ranges, n=14):
+        m = torch.zeros(1, n)
+        for lo, hi in ranges:
+            m[0, lo : hi + 1] = 1
+        return m
+
+    a = ScaleTrack([line((1, 10))], torch.tensor([1.0]))
+    b = ScaleTrack([line((3, 13))], torch.tensor([1.0]))
+    x = ScaleTrack([line((1, 11))], torch.tensor([1.0]))  # IoU a 10/11, b 9/13
+    y = ScaleTrack([line((1, 8))], torch.tensor([1.0]))  # IoU a 8/10, b 6/13 (< 0.5)
     # greedy would take a-x and leave b alone; the assignment matches both: a-y and b-x
     merged = merge_multiscale([[a, b], [x, y]])
     assert [m.members for m in merged] == [[(0, 0), (1, 1)], [(0, 1), (1, 0)]]
     # with 0.85 only a-x is valid; an invalid a-y must not block it
     merged = merge_multiscale([[a, b], [x, y]], iou_threshold=0.85)
     assert [m.members for m in merged] == [[(0, 0), (1, 0)], [(0, 1)], [(1, 1)]]
-
-
-def test_streaming_equals_whole_track_vote():
-    """Per-frame updates with per-scale track ids give the result-level merge of the binarised tracks."""
-    ids = [["a", "b"], [7, 8, 9], ["z"]]
-    scales = [S0, S1, S2]
-    merger = StreamingMultiScaleMerger(num_scales=3)
-    for t in range(2):
-        frame = [
-            {ids[s][j]: tr.masks[t] for j, tr in enumerate(sc) if tr.masks[t] is not None}
-            for s, sc in enumerate(scales)
-        ]
-        merger.update(frame)
-    scores = [{i: tr.scores for i, tr in zip(ids[s], sc, strict=True)} for s, sc in enumerate(scales)]
-    merged = merger.finalize(scores)
-
-    def binarise(tr):
-        masks = [None if m is None else mask_to_rle((m >= 0.5).numpy()) for m in tr.masks]
-        return ScaleTrack(masks, tr.scores)
-
-    binarised = [[binarise(tr) for tr in sc] for sc in scales]
-    reference = merge_multiscale(binarised)
-    assert [m.members for m in merged] == [[(0, "a"), (1, 8)], [(0, "b"), (1, 7)], [(1, 9), (2, "z")]]
-    for got, ref in zip(merged, reference, strict=True):
-        assert got.masks == ref.masks
-        torch.testing.assert_close(got.scores, ref.scores)
-    # votes, not probabilities: P is above 0.5 only at scale 1, one vote of two -> kept (union)
-    assert np.array_equal(_decoded(merged[0])[0], _bin(M=1, P=1))
-    # R at frame 1: scale 0 votes R, scale 1 absent -> one of two -> kept (the prob mean dropped it)
-    assert np.array_equal(_decoded(merged[1])[1], _bin(R=1))
-
-
-def test_streaming_tracks_may_start_late():
-    merger = StreamingMultiScaleMerger(num_scales=2)
-    merger.update([{0: _prob(M=1.0)}, {}])
-    merger.update([{0: _prob(M=1.0)}, {5: _prob(M=1.0)}])
-    merged = merger.finalize([{0: torch.tensor([1.0])}, {5: torch.tensor([0.5])}])
-    # IoU 4/8 = 0.5 -> matched; frame 0: one vote of two -> kept
-    assert [m.members for m in merged] == [[(0, 0), (1, 5)]]
-    assert all(np.array_equal(f, _bin(M=1)) for f in _decoded(merged[0]))
-    with pytest.raises(ValueError, match="no scores for track ids \\[5\\]"):
-        merger.finalize([{0: torch.tensor([1.0])}, {}])
-    with pytest.raises(ValueError, match="3 scales given, expected 2"):
-        merger.update([{}, {}, {}])
 
 
 def test_errors_and_empty():

@@ -138,3 +138,20 @@ def test_pretrain_params_build_every_family():
         model.get("backbone_kwargs", {}).pop("weights", None)
         method_config_from_dict(entry.config, {**model, "num_classes": 10})
     assert set(params["profiles"]["full"]["families"]) == set(params["profiles"]["smoke"]["families"])
+
+
+@pytest.mark.parametrize(("name", "max_size"), [("ovis_2nd", 1333), ("ytvis22_long_1st", 768)])
+def test_full_idol_recipes_follow_the_official_code(name, max_size):
+    """VNext IDOL: SOLVER.CLIP_GRADIENTS CLIP_VALUE 0.01 (full model, L2), fp32, the per-frame crop (384, 600)
+    of half the video clips; max_size 768 in its YouTube-VIS 2022 config. MinVIS keeps Mask2Former's AMP."""
+    params = stages.load_params(ROOT / "reproductions" / name / "params.yaml")
+    params["profile"] = "full"
+    paths = {k: f"/datasets/{k}" for k in ("train_json", "train_images", "coco_json", "coco_images")}
+    for variant, spec in variant_groups(params)["trained"].items():
+        video = from_dict(TrainConfig, stages.resolve_train_config(params, variant, 0, paths)[-1], variant)
+        if spec["method"] == "idol":
+            assert video.solver.clip_grad == 0.01 and video.solver.amp is False
+            assert video.data.crop_prob == 0.5 and video.data.crop_size_range == [384, 600]
+            assert video.data.max_size == max_size
+        else:
+            assert video.solver.amp is True and video.data.crop_prob == 0.0

@@ -67,6 +67,35 @@ def test_variant_kinds_of_ovis():
     assert typed.profiles["smoke"].launcher.jobs == 3 and typed.profiles["full"].launcher.nproc == 8
 
 
+def test_only_the_source_of_a_multiscale_test_writes_soft_masks():
+    # its single-scale run stands for a scale of the multi-scale test, whose merge reads the soft masks
+    params = stages.load_params(OVIS)
+    feeds = [v for v in params["variants"] if stages._feeds_multiscale(params, v)]
+    assert feeds == ["batchformer"]
+    assert stages._soft_name("results.json") == "results.soft.json"
+
+
+def test_the_multiscale_stage_reuses_a_scale_only_from_a_soft_sidecar(tmp_path, monkeypatch):
+    from vis_core.data.ytvis import save_json, validate_annotations
+
+    params = stages.load_params(OVIS)
+    gt = validate_annotations({"videos": [{"id": 1, "width": 160, "height": 96, "length": 1,
+                                           "file_names": ["v/0.jpg"]}],
+                               "annotations": [], "categories": [{"id": 1, "name": "a"}]}, "gt.json")
+    _, infer = stages._checkpoint_variant(params, "multiscale")
+    multi = InferConfig(**{k: v for k, v in infer.items() if k not in ("threads", "model")})
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "outputs" / "batchformer" / "seed0"
+    out.mkdir(parents=True)
+    save_json([], out / "results.json")  # binary results alone cannot stand for a scale of the soft merge
+    assert stages._reused_scales(params, "multiscale", 0, gt, "results.json", multi) == {}
+    entry = {"video_id": 1, "category_id": 1, "score": 0.5, "segmentations": [None], "soft_segmentations": [None]}
+    save_json({"soft_levels": [0.3], "results": [entry]}, out / "results.soft.json")
+    assert stages._reused_scales(params, "multiscale", 0, gt, "results.json", multi) == {}  # other levels
+    save_json({"soft_levels": multi.soft_levels, "results": [entry]}, out / "results.soft.json")
+    assert stages._reused_scales(params, "multiscale", 0, gt, "results.json", multi) == {96: {1: [entry]}}
+
+
 def test_infer_settings_know_every_infer_config_field():
     known = {f.name for f in dataclasses.fields(InferSettings)}
     assert {f.name for f in dataclasses.fields(InferConfig)} <= known

@@ -107,3 +107,28 @@ def test_store_rejects_out_of_order_or_mismatched_adds():
     store.start_frame()
     with pytest.raises(ValueError, match="current frame is 1"):
         store.add(f0, [2], [rle], np.ones((1, 3)))
+
+
+def test_soft_masks_follow_the_binary_masks_frame_by_frame():
+    from vis_core.tracking.soft_masks import SoftMaskCodec
+
+    codec = SoftMaskCodec()
+    store = TrackStore()
+    store.record_soft_masks(codec)
+    margins = {t: torch.randn(2, H, W, generator=torch.Generator().manual_seed(t)) for t in range(3)}
+    for t in range(3):
+        frame = store.start_frame()
+        ids = [0, 1] if t != 1 else [1]  # track 0 is absent in frame 1
+        m = margins[t][: len(ids)]
+        store.add(frame, ids, [mask_to_rle((x > 0).numpy()) for x in m], torch.ones(len(ids), 3), margins=m)
+    results = store.finalize(3, [10, 20, 30], score_threshold=0.5)
+    track0 = next(r for r in results if r["segmentations"][1] is None)
+    assert [s is None for s in track0["soft_segmentations"]] == [False, True, False]
+    assert track0["soft_segmentations"][2] == codec.encode(margins[2][:1])[0]
+    assert all(len(r["soft_segmentations"]) == 3 for r in results)
+    with pytest.raises(ValueError, match="needs the margins"):
+        store.start_frame()
+        store.add(3, [0], [mask_to_rle(_mask(0, 0))], torch.ones(1, 3))
+    with pytest.raises(RuntimeError, match="before the first frame"):
+        store.record_soft_masks(codec)
+    assert "soft_segmentations" not in _filled_store().finalize(3, [10, 20, 30], score_threshold=0.05)[0]

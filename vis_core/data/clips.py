@@ -27,6 +27,7 @@ from PIL import Image
 
 from vis_core.data.transforms import (
     ClipAugmentation,
+    FrameCrop,
     boxes_xyxy_to_cxcywh_norm,
     masks_to_boxes,
 )
@@ -158,7 +159,8 @@ class VISClipDataset(ClipDatasetBase):
         sampling: ``"pair"`` (IDOL key + reference frame, ``num_frames`` must be 2) or ``"clip"`` (MinVIS,
             DVIS, VITA: ``num_frames`` frames around a key frame, sorted).
         frame_range: max distance of the other frames from the key frame.
-        min_sizes, max_size, hflip_prob: see :class:`transforms.ClipAugmentation` (same for all clip frames).
+        min_sizes, max_size, hflip_prob: see :class:`transforms.ClipAugmentation` (same for all clip frames);
+            crop: IDOL's per-frame crop (:class:`transforms.FrameCrop`), or None.
         seed: augmentation seed; length: dataset length (default: number of videos); index i reads video
             ``i % num_videos``, so a long virtual epoch revisits videos with fresh randomness.
         skip_empty: drop videos without annotations.
@@ -180,6 +182,7 @@ class VISClipDataset(ClipDatasetBase):
         seed: int = 0,
         length: int | None = None,
         skip_empty: bool = True,
+        crop: FrameCrop | None = None,
     ):
         if sampling not in SAMPLINGS:
             raise ValueError(f"VISClipDataset: sampling must be one of {SAMPLINGS}, got {sampling!r}")
@@ -188,7 +191,7 @@ class VISClipDataset(ClipDatasetBase):
         self.ann = load_annotations(json_path)
         self.image_root = Path(image_root)
         self.sampling, self.num_frames, self.frame_range = sampling, int(num_frames), int(frame_range)
-        self.augment = ClipAugmentation(tuple(min_sizes), max_size, hflip_prob)
+        self.augment = ClipAugmentation(tuple(min_sizes), max_size, hflip_prob, crop)
         self.seed, self.epoch = int(seed), 0
         self.category_ids = self.ann.category_ids
         self._label = {cid: k for k, cid in enumerate(self.category_ids)}

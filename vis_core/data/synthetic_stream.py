@@ -35,7 +35,7 @@ from PIL import Image
 from vis_core.data.clips import ClipDatasetBase, make_item, sample_clip, sample_pair, to_tensor
 from vis_core.data.pseudo_video import MODES, pseudo_clip
 from vis_core.data.synthetic import SynthConfig, categories, make_config, plan_video, render_frames
-from vis_core.data.transforms import ClipAugmentation
+from vis_core.data.transforms import ClipAugmentation, FrameCrop
 
 __all__ = ["SyntheticClipDataset", "SyntheticPseudoVideoDataset", "SyntheticObjectDataset", "synth_config_from_dict",
            "jpeg_roundtrip"]
@@ -71,7 +71,8 @@ class _SyntheticStream(ClipDatasetBase):
     """What both streams share: the generator config, its seed, the split name and the label space."""
 
     def __init__(self, spec: Mapping | SynthConfig, data_seed: int, split: str, length: int, seed: int,
-                 min_sizes: Sequence[int], max_size: int | None, hflip_prob: float, jpeg: bool):
+                 min_sizes: Sequence[int], max_size: int | None, hflip_prob: float, jpeg: bool,
+                 crop: FrameCrop | None = None):
         if isinstance(spec, SynthConfig):
             self.cfg, self.data_seed = spec, int(data_seed)
         else:
@@ -79,7 +80,7 @@ class _SyntheticStream(ClipDatasetBase):
         if length < 1:
             raise ValueError(f"{type(self).__name__}: length must be >= 1, got {length}")
         self.split, self.length, self.seed, self.epoch = split, int(length), int(seed), 0
-        self.augment = ClipAugmentation(tuple(min_sizes), max_size, hflip_prob)
+        self.augment = ClipAugmentation(tuple(min_sizes), max_size, hflip_prob, crop)
         self.jpeg = jpeg
         self.category_ids = [c["id"] for c in categories(self.cfg.shapes)]
 
@@ -110,7 +111,7 @@ class SyntheticClipDataset(_SyntheticStream):
         spec: generator preset and knobs (``{preset: ovis, height: 96, ...}``) or a ``SynthConfig``.
         data_seed: generator seed of the stream; split: stream name (``"train"``).
         sampling, num_frames, frame_range: as :class:`~vis_core.data.clips.VISClipDataset`.
-        min_sizes, max_size, hflip_prob: clip-level augmentation.
+        min_sizes, max_size, hflip_prob: clip-level augmentation; crop: IDOL's per-frame crop (or None).
         seed: augmentation / frame-choice seed; length: number of distinct videos in the stream (one epoch).
         jpeg: JPEG round trip of every frame (as stored frames have).
     """
@@ -118,12 +119,12 @@ class SyntheticClipDataset(_SyntheticStream):
     def __init__(self, spec: Mapping | SynthConfig, data_seed: int = 0, split: str = "train", *,
                  sampling: str = "pair", num_frames: int = 2, frame_range: int = 10,
                  min_sizes: Sequence[int] = (96,), max_size: int | None = None, hflip_prob: float = 0.5,
-                 seed: int = 0, length: int = 100_000, jpeg: bool = True):
+                 seed: int = 0, length: int = 100_000, jpeg: bool = True, crop: FrameCrop | None = None):
         if sampling not in ("pair", "clip"):
             raise ValueError(f"SyntheticClipDataset: sampling must be 'pair' or 'clip', got {sampling!r}")
         if sampling == "pair" and num_frames != 2:
             raise ValueError(f"SyntheticClipDataset: sampling='pair' uses 2 frames, got num_frames={num_frames}")
-        super().__init__(spec, data_seed, split, length, seed, min_sizes, max_size, hflip_prob, jpeg)
+        super().__init__(spec, data_seed, split, length, seed, min_sizes, max_size, hflip_prob, jpeg, crop)
         self.sampling, self.num_frames, self.frame_range = sampling, int(num_frames), int(frame_range)
 
     def sample_frames(self, length: int, rng: np.random.Generator) -> list[int]:

@@ -139,8 +139,47 @@ def boxes_xyxy_to_cxcywh_norm(boxes: torch.Tensor, height: int, width: int) -> t
 
 
 @dataclass
+class FrameCrop:
+    """IDOL's video-training crop (VNext ``YTVISDatasetMapper``): for half of the clips (``prob``), every frame
+    is cropped on its own, before the clip's resize; the other clips are not cropped.
+
+    The crop height and width are drawn from the absolute range ``size_range`` (detectron2 ``RandomCrop(
+    "absolute_range", (384, 600))`` in the official config, capped by the frame size) and the position is
+    drawn for every frame independently, so the frames of a clip see the scene shifted against each other.
+    Deviation: the official mapper draws the crop size per frame too (detectron2 pads each frame of a batch
+    on its own); frames of a clip share one size here (batches are ``(B, T, 3, H, W)``), so the size is drawn
+    once per clip. Used for video clips only (the pseudo videos of still images have their own crops).
+    """
+
+    prob: float = 0.5
+    size_range: tuple[int, int] = (384, 600)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.size_range
+        if not 0.0 <= self.prob <= 1.0 or lo < 1 or hi < lo:
+            raise ValueError(f"FrameCrop: prob in [0, 1] and 1 <= size_range[0] <= size_range[1], got "
+                             f"prob={self.prob}, size_range={self.size_range}")
+
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator):
+        """``images (T, 3, H, W)``, ``masks (N, T, H, W)`` -> both cropped to ``(h, w)`` (or unchanged)."""
+        if rng.random() >= self.prob:
+            return images, masks
+        height, width = images.shape[-2:]
+        lo, hi = self.size_range
+        h = int(rng.integers(min(height, lo), min(height, hi) + 1))
+        w = int(rng.integers(min(width, lo), min(width, hi) + 1))
+        tops = rng.integers(0, height - h + 1, size=images.shape[0])
+        lefts = rng.integers(0, width - w + 1, size=images.shape[0])
+        corners = list(enumerate(zip(tops.tolist(), lefts.tolist(), strict=True)))
+        images = torch.stack([images[t, :, y:y + h, x:x + w] for t, (y, x) in corners])
+        masks = torch.stack([masks[:, t, y:y + h, x:x + w] for t, (y, x) in corners], 1)  # (N, T, h, w)
+        return images, masks
+
+
+@dataclass
 class ClipAugmentation:
-    """Multi-scale shortest-side resize (one size per clip) with a max size, plus horizontal flip.
+    """Optional per-frame crop (:class:`FrameCrop`), then multi-scale shortest-side resize (one size per clip)
+    with a max size, plus horizontal flip.
 
     ``min_sizes`` are the candidate shorter sides (the reports use e.g. 320..640 for Swin-L; the smoke profile
     uses the native 96), ``max_size`` caps the longer side.
@@ -149,6 +188,7 @@ class ClipAugmentation:
     min_sizes: Sequence[int] = (96,)
     max_size: int | None = None
     hflip_prob: float = 0.5
+    crop: FrameCrop | None = None
 
     def sample(self, rng: np.random.Generator, height: int, width: int) -> dict:
         short = int(self.min_sizes[int(rng.integers(len(self.min_sizes)))])
@@ -164,6 +204,8 @@ class ClipAugmentation:
         return images, masks
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator):
+        if self.crop is not None:  # no crop configured: no random draw, the stream of the others is unchanged
+            images, masks = self.crop(images, masks, rng)
         return self.apply(images, masks, self.sample(rng, *images.shape[-2:]))
 
 

@@ -55,6 +55,10 @@ class DataConfig:
     min_sizes: list[int] = field(default_factory=lambda: [288, 320, 352, 384, 416, 448, 480, 512])
     max_size: int = 768
     hflip: bool = True
+    # IDOL's per-frame crop of video clips (vis_core.data.transforms.FrameCrop): the share of clips cropped and
+    # the absolute range of the crop's height and width in source pixels (official: 0.5, [384, 600]); 0: off
+    crop_prob: float = 0.0
+    crop_size_range: list[int] = field(default_factory=lambda: [384, 600])
     num_workers: int = 0
     pseudo_mode: str = "crop_pair"  # coco_pseudo: "crop_pair" (IDOL, reports 000/001) or "rotate3" (SeqFormer)
     # coco_pseudo: COCO category id -> VIS category id (pairs); COCO categories not listed are dropped. Empty:

@@ -27,14 +27,20 @@ A method declares its kind (:mod:`vis_core.methods.base`); :func:`infer_video` d
 
 Multi-scale test (report 001): the video is run once per shortest-side size in ``scales`` (each scale with its
 own associator), then each scale's results are merged per category by
-:func:`vis_core.tracking.multiscale.merge_multiscale`: tracks matched across scales on video mask IoU >= 0.5
-average their scores (a scale that missed the track counts 0) and vote their per-frame masks (pixel kept when
-at least half the scales that have the track mark it).
+:func:`vis_core.tracking.multiscale.merge_multiscale` (its docstring: the reading of the report and the rule):
+tracks matched across scales on video mask IoU >= ``merge_iou`` average their per-frame mask probabilities
+(thresholded at 0.5) and their scores (a scale that missed the track votes 0 with ``merge_absent_weight``).
+The probabilities reach the merge as soft encodings (:mod:`vis_core.tracking.soft_masks`, levels
+``soft_levels``): the runner asks each online associator to keep them (its optional ``record_soft_masks``
+hook), and the results entries of each scale carry them as ``"soft_segmentations"`` until the merge. The
+results json never holds them: :func:`run_inference` drops them when it writes the file.
 
 Reusing a scale: a single-scale run of the same checkpoint with the same test settings at size ``s`` already
 holds scale ``s`` of the multi-scale test (the scales run independently until the merge), so ``run_inference``
 accepts those results (``reuse={s: results}``) instead of recomputing them; :func:`reusable_scales` says
-which scales of a config another config's results stand for. Outputs are identical either way (tested).
+which scales of a config another config's results stand for. The merge needs the soft encodings, so the
+single-scale run must keep them: ``run_inference(soft_path=...)`` writes its entries with them to a sidecar
+json next to the results (:func:`read_soft_results` reads it back). Outputs are identical either way (tested).
 
 Resuming: each finished video's results go to ``<out>.partial.jsonl`` at once; a rerun skips those videos. The
 final json is written atomically and the partial file removed.
@@ -56,13 +62,15 @@ from tqdm import tqdm
 
 from vis_core.data.transforms import shortest_edge_size
 from vis_core.data.video_source import VideoSource, folder_video_source
-from vis_core.data.ytvis import YTVISAnnotations, load_annotations, save_json
+from vis_core.data.ytvis import YTVISAnnotations, load_annotations, load_json, save_json
 from vis_core.methods.base import method_kind
 from vis_core.tracking.multiscale import ScaleTrack, merge_multiscale
+from vis_core.tracking.soft_masks import DEFAULT_LEVELS, SOFT_FIELD, SoftMaskCodec
 
 __all__ = [
     "InferConfig", "MemoryBudgetError", "VideoTiming", "check_memory_budget", "infer_video",
-    "infer_video_multiscale", "results_by_video", "reusable_scales", "run_inference", "window_starts",
+    "infer_video_multiscale", "merge_scale_results", "read_soft_results", "results_by_video", "reusable_scales",
+    "run_inference", "window_starts",
 ]
 
 
@@ -73,13 +81,17 @@ class InferConfig:
     methods' ``streaming`` or ``hold_all``; ``frame_batch``: frames segmented per batched pass (online and clip
     methods; association stays per frame / per window); ``window`` / ``stride``: clip methods' window and
     stride in frames (None: the method's own); ``memory_budget_mb``: offline methods' (and clip windows')
-    predicted peak memory above which a video is refused (None: half the machine's physical memory)."""
+    predicted peak memory above which a video is refused (None: half the machine's physical memory).
+    Multi-scale merge (module docstring): ``merge_iou`` (cross-scale match), ``merge_absent_weight`` (weight
+    of a missing scale's zero score vote), ``soft_levels`` (extra probability levels of the soft masks)."""
 
     min_size: int | None = None
     max_size: int | None = None
     scales: list[int] = field(default_factory=list)
     mode: str = "streaming"
     merge_iou: float = 0.5
+    merge_absent_weight: float = 1.0
+    soft_levels: list[float] = field(default_factory=lambda: list(DEFAULT_LEVELS))
     device: str = "cpu"
     frame_batch: int = 1
     window: int | None = None
@@ -96,6 +108,13 @@ class InferConfig:
                 raise ValueError(f"InferConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.memory_budget_mb is not None and self.memory_budget_mb <= 0:
             raise ValueError(f"InferConfig.memory_budget_mb must be > 0, got {self.memory_budget_mb}")
+        if not 0.0 <= self.merge_absent_weight <= 1.0:
+            raise ValueError(f"InferConfig.merge_absent_weight must be in [0, 1], got {self.merge_absent_weight}")
+        self.soft_codec()  # validates soft_levels
+
+    def soft_codec(self) -> SoftMaskCodec:
+        """The codec of the soft masks the multi-scale merge reads."""
+        return SoftMaskCodec(self.soft_levels)
 
     def memory_budget_bytes(self) -> int:
         if self.memory_budget_mb is not None:
@@ -161,9 +180,18 @@ def _segment(method: Any, source: VideoSource, frame_ids: Sequence[int], cfg: In
             yield from zip((ids[j] for j in group), outs, strict=True)
 
 
+def _record_soft(associator: Any, codec: SoftMaskCodec | None) -> None:
+    """Ask the associator to keep soft masks (its optional ``record_soft_masks`` hook); one without the hook
+    writes binary masks only, which the multi-scale merge counts as 0/1 probabilities."""
+    hook = getattr(associator, "record_soft_masks", None)
+    if codec is not None and hook is not None:
+        hook(codec)
+
+
 def _infer_online(method: Any, source: VideoSource, category_ids: Sequence[int], cfg: InferConfig,
-                  timing: VideoTiming) -> list[dict]:
+                  timing: VideoTiming, soft: SoftMaskCodec | None) -> list[dict]:
     associator = method.new_associator(source.output_size)
+    _record_soft(associator, soft)
     held: list[dict[str, torch.Tensor]] = []
     for _, out in _segment(method, source, range(len(source)), cfg, timing):
         if cfg.mode == "hold_all":
@@ -197,11 +225,12 @@ def _frames_held(method: Any, num_frames: int, cfg: InferConfig) -> int:
 
 
 def _infer_clip(method: Any, source: VideoSource, category_ids: Sequence[int], cfg: InferConfig,
-                timing: VideoTiming) -> list[dict]:
+                timing: VideoTiming, soft: SoftMaskCodec | None) -> list[dict]:
     window = _frames_held(method, len(source), cfg)
     stride = cfg.stride or method.stride
     check_memory_budget(method, source, cfg, frames_held=window)
     associator = method.new_clip_associator(source.output_size, len(source))
+    _record_soft(associator, soft)
     cache: dict[int, dict[str, torch.Tensor]] = {}
     starts = window_starts(len(source), window, stride)
     for i, start in enumerate(starts):
@@ -241,7 +270,8 @@ def check_memory_budget(method: Any, source: VideoSource, cfg: InferConfig, fram
 
 
 def _infer_offline(method: Any, source: VideoSource, category_ids: Sequence[int], cfg: InferConfig,
-                   timing: VideoTiming) -> list[dict]:
+                   timing: VideoTiming, soft: SoftMaskCodec | None) -> list[dict]:
+    # the method writes its own sequences: binary masks only (0/1 probabilities in a multi-scale merge)
     check_memory_budget(method, source, cfg)
     return method.infer_offline(source, category_ids, timing)
 
@@ -251,10 +281,11 @@ _RUNNERS = {"online": _infer_online, "clip": _infer_clip, "offline": _infer_offl
 
 @torch.no_grad()
 def infer_video(method: Any, source: VideoSource, category_ids: Sequence[int], cfg: InferConfig | None = None,
-                timing: VideoTiming | None = None) -> list[dict]:
+                timing: VideoTiming | None = None, soft: SoftMaskCodec | None = None) -> list[dict]:
     """Results entries of one video: ``method`` run over ``source`` as its kind says (module docstring);
     masks are written at ``source.output_size``. ``timing`` accumulates frames and segmenter / association
-    seconds."""
+    seconds. ``soft``: the associator also keeps soft masks, and the entries carry them as
+    ``"soft_segmentations"`` (online and clip associators with the ``record_soft_masks`` hook)."""
     cfg = cfg or InferConfig()
     kind = method_kind(method)
     if kind not in _RUNNERS:
@@ -262,22 +293,25 @@ def infer_video(method: Any, source: VideoSource, category_ids: Sequence[int], c
                         f"the runner drives {sorted(_RUNNERS)})")
     timing = timing if timing is not None else VideoTiming()
     timing.device = cfg.device
-    return _RUNNERS[kind](method, source, category_ids, cfg, timing)
+    return _RUNNERS[kind](method, source, category_ids, cfg, timing, soft)
 
 
-def merge_scale_results(per_scale: Sequence[list[dict]], iou_threshold: float = 0.5) -> list[dict]:
-    """Merge one video's results entries from several test scales, category by category (module docstring)."""
+def merge_scale_results(per_scale: Sequence[list[dict]], iou_threshold: float = 0.5, absent_weight: float = 1.0,
+                        codec: SoftMaskCodec | None = None) -> list[dict]:
+    """Merge one video's results entries from several test scales, category by category (module docstring).
+    An entry's ``"soft_segmentations"`` (levels of ``codec``), when present, are its mask probabilities."""
     num_frames = next((len(e["segmentations"]) for scale in per_scale for e in scale), 0)
     categories = sorted({e["category_id"] for scale in per_scale for e in scale})
     video_ids = {e["video_id"] for scale in per_scale for e in scale}
     merged: list[dict] = []
     for cat in categories:
         tracks = [
-            [ScaleTrack(e["segmentations"], torch.tensor([float(e["score"])]))
+            [ScaleTrack(e["segmentations"], torch.tensor([float(e["score"])]), e.get(SOFT_FIELD))
              for e in scale if e["category_id"] == cat]
             for scale in per_scale
         ]
-        for m in merge_multiscale(tracks, iou_threshold=iou_threshold, output="rle"):
+        for m in merge_multiscale(tracks, iou_threshold=iou_threshold, absent_weight=absent_weight,
+                                  output="rle", codec=codec):
             segs = list(m.masks) if m.masks else [None] * num_frames
             merged.append({"video_id": next(iter(video_ids)), "category_id": cat,
                            "score": float(m.scores[0]), "segmentations": segs})
@@ -294,20 +328,24 @@ def infer_video_multiscale(
     category_ids: Sequence[int],
     timing: VideoTiming | None = None,
     reuse: Mapping[int, Mapping[int, list[dict]]] | None = None,
+    keep_soft: bool = False,
 ) -> list[dict]:
     """One video at every size in ``cfg.scales`` (or once at ``cfg.min_size``), merged across scales.
-    ``reuse[size][video_id]``, when present, is taken as that scale's results instead of running it."""
+    ``reuse[size][video_id]``, when present, is taken as that scale's results instead of running it (entries
+    with their ``"soft_segmentations"``, as a run with ``keep_soft`` writes them). ``keep_soft``: a
+    single-scale run's entries keep their soft masks (a multi-scale run's always do until the merge)."""
     sizes = cfg.scales or [cfg.min_size]
+    codec = cfg.soft_codec() if len(sizes) > 1 or keep_soft else None
     per_scale = []
     for size in sizes:
         if video_id in (reuse or {}).get(size, {}):
             per_scale.append(list(reuse[size][video_id]))
             continue
         source = folder_video_source(gt, image_root, video_id, size, cfg.max_size)
-        per_scale.append(infer_video(method, source, category_ids, cfg, timing))
+        per_scale.append(infer_video(method, source, category_ids, cfg, timing, codec))
     if len(per_scale) == 1:
         return per_scale[0]
-    return merge_scale_results(per_scale, cfg.merge_iou)
+    return merge_scale_results(per_scale, cfg.merge_iou, cfg.merge_absent_weight, codec)
 
 
 def _effective_size(gt: YTVISAnnotations, min_size: int | None, max_size: int | None) -> dict[int, tuple]:
@@ -328,11 +366,33 @@ def reusable_scales(gt: YTVISAnnotations, cfg: InferConfig, single: InferConfig)
     """
     if len(cfg.scales) < 2 or single.scales:
         return []
-    sizes = {"min_size", "max_size", "scales", "merge_iou"}  # merge_iou only acts after the scales
+    sizes = {"min_size", "max_size", "scales", "merge_iou", "merge_absent_weight"}  # merge_*: after the scales
     if any(getattr(cfg, f.name) != getattr(single, f.name) for f in fields(InferConfig) if f.name not in sizes):
         return []
     sizes = _effective_size(gt, single.min_size, single.max_size)
     return [s for s in cfg.scales if _effective_size(gt, s, cfg.max_size) == sizes]
+
+
+def _official(entry: dict) -> dict:
+    """The entry as the results json holds it: without its soft masks."""
+    return {key: value for key, value in entry.items() if key != SOFT_FIELD}
+
+
+def _write_soft_results(path: str | os.PathLike, codec: SoftMaskCodec, results: list[dict]) -> None:
+    """The sidecar of a single-scale run: its entries with their soft masks, and the levels they use."""
+    save_json({"soft_levels": list(codec.levels), "results": results}, path)
+
+
+def read_soft_results(path: str | os.PathLike, cfg: InferConfig) -> dict[int, list[dict]] | None:
+    """``{video_id: entries}`` of a soft-mask sidecar (``run_inference(soft_path=...)``) whose levels are
+    ``cfg.soft_levels``; None when the file is missing or its levels differ (the scale is then recomputed)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    sidecar = load_json(path)
+    if SoftMaskCodec(sidecar["soft_levels"]) != cfg.soft_codec():
+        return None
+    return results_by_video(sidecar["results"])
 
 
 def results_by_video(results: Iterable[dict]) -> dict[int, list[dict]]:
@@ -371,6 +431,7 @@ def run_inference(
     progress: bool = True,
     timing_path: str | os.PathLike | None = None,
     reuse: Mapping[int, Mapping[int, list[dict]]] | None = None,
+    soft_path: str | os.PathLike | None = None,
 ) -> Path:
     """Run ``method`` over every video of ``gt`` (an annotation file: only its ``videos`` are needed) and write
     a YouTube-VIS results json to ``out_path``; resumes from ``<out>.partial.jsonl`` if present.
@@ -380,9 +441,13 @@ def run_inference(
     (:class:`MemoryBudgetError`) before the first video runs. ``timing_path`` gets ``{frames, segmenter_s,
     association_s, wall_s}`` as json (frames counts the frames segmented here, so not those of reused
     scales). ``reuse``: ``{scale: {video_id: entries}}``, results of a scale of ``cfg.scales`` that are already
-    known (module docstring); a video missing from it is simply run at that scale.
+    known, with their soft masks (module docstring); a video missing from it is simply run at that scale.
+    ``soft_path`` (single-scale runs): also write the entries with their soft masks there, for a later
+    multi-scale run to reuse (:func:`read_soft_results`). The results json never holds the soft masks.
     """
     cfg = cfg or InferConfig()
+    if soft_path is not None and len(cfg.scales) > 1:
+        raise ValueError("run_inference: soft_path is for single-scale runs (merged entries hold no soft masks)")
     gt = load_annotations(gt)
     category_ids = list(category_ids) if category_ids is not None else gt.category_ids
     out_path = Path(out_path)
@@ -403,7 +468,8 @@ def run_inference(
         for vid in bar:
             if vid in done:
                 continue
-            results = infer_video_multiscale(method, gt, image_root, vid, cfg, category_ids, timing, reuse)
+            results = infer_video_multiscale(method, gt, image_root, vid, cfg, category_ids, timing, reuse,
+                                             keep_soft=soft_path is not None)
             log.write(json.dumps({"video_id": vid, "results": results}, separators=(",", ":")) + "\n")
             log.flush()
             done[vid] = results
@@ -411,7 +477,9 @@ def run_inference(
                 per_frame = (timing.segmenter_s + timing.association_s) / timing.frames
                 bar.set_postfix(ms_per_frame=f"{1000 * per_frame:.1f}")
     results = [entry for vid in ids for entry in done[vid]]
-    save_json(results, out_path)
+    save_json([_official(entry) for entry in results], out_path)
+    if soft_path is not None:
+        _write_soft_results(soft_path, cfg.soft_codec(), results)
     partial.unlink(missing_ok=True)
     if timing_path is not None:
         save_json({"frames": timing.frames, "segmenter_s": timing.segmenter_s,

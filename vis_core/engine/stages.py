@@ -28,7 +28,8 @@ naming the file, the variant or section and the key. Stages (run from the reprod
 
     vis stage data                           -> data/manifest.json (+ the stored eval split / held-out split)
     vis stage train  --variant V [--seed S]  -> runs/V/seedS/ (checkpoints, metrics.jsonl, config)
-    vis stage infer  --variant V [--seed S]  -> outputs/V/seedS/results.json (+ timing.json)
+    vis stage infer  --variant V [--seed S]  -> outputs/V/seedS/results.json (+ timing.json; + results.soft.json,
+                                                the soft masks, when a multi-scale variant reuses V's scale)
     vis stage eval   --variant V             -> metrics/V/seedS.json for every seed
     vis stage curve  --variant V             -> curves/V.json (AP vs fine-tuning iteration, from 0 = pre-trained)
     vis stage submit --variant V --seed S    -> submission/results.zip (CodaLab format)
@@ -461,14 +462,28 @@ def _load_for_inference(params: dict, variant: str, seed: int, checkpoint: str |
     return method, InferConfig(**infer)
 
 
+def _soft_name(out_name: str) -> str:
+    """The soft-mask sidecar next to a results json (``results.json`` -> ``results.soft.json``)."""
+    return out_name.replace(".json", ".soft.json")
+
+
+def _feeds_multiscale(params: dict, variant: str) -> bool:
+    """Whether a multi-scale variant runs ``variant``'s checkpoint (``from: variant``, two scales or more):
+    then ``variant``'s single-scale run also writes its soft masks, which that test reuses for its scale."""
+    return any(variant_of(params, name).get("from") == variant
+               and len(_checkpoint_variant(params, name)[1].get("scales") or []) > 1
+               for name in params["variants"])
+
+
 def _reused_scales(params: dict, variant: str, seed: int, gt, out_name: str, cfg) -> dict:
     """``{scale: {video_id: entries}}`` of the multi-scale test of ``variant`` that its ``from`` variant's own
-    single-scale results already hold (same checkpoint and settings; ``infer.reusable_scales``), read from
-    ``outputs/<from>/seedS``. The multi-scale stage depends on those outputs in dvc.yaml."""
-    from vis_core.engine.infer import InferConfig, results_by_video, reusable_scales
+    single-scale results already hold (same checkpoint and settings; ``infer.reusable_scales``), read with their
+    soft masks from the sidecar in ``outputs/<from>/seedS`` (absent or of other levels: recomputed). The
+    multi-scale stage depends on those outputs in dvc.yaml."""
+    from vis_core.engine.infer import InferConfig, read_soft_results, reusable_scales
 
     spec = variant_of(params, variant)
-    source = Path("outputs") / str(spec.get("from")) / f"seed{seed}" / out_name
+    source = Path("outputs") / str(spec.get("from")) / f"seed{seed}" / _soft_name(out_name)
     if "from" not in spec or not cfg.scales or not source.is_file():
         return {}
     _, single = _checkpoint_variant(params, spec["from"])
@@ -478,9 +493,9 @@ def _reused_scales(params: dict, variant: str, seed: int, gt, out_name: str, cfg
     same = all(single.get(k) == multi.get(k) for k in outside)
     single_cfg = InferConfig(**{k: v for k, v in single.items() if k not in outside})
     scales = reusable_scales(gt, cfg, single_cfg) if same else []
-    if not scales:
+    by_video = read_soft_results(source, cfg) if scales else None
+    if by_video is None:
         return {}
-    by_video = results_by_video(load_json(source))
     print(f"vis stage infer: {variant} seed {seed}: scale(s) {scales} from {source}", file=sys.stderr)
     return {s: by_video for s in scales}
 
@@ -508,9 +523,11 @@ def stage_infer(params: dict, variant: str, seed: int | None = None, split: str 
     else:
         method, cfg = _load_for_inference(params, variant, seed)
         gt = load_annotations(paths[f"{split}_json"])
+        feeds = len(cfg.scales) < 2 and _feeds_multiscale(params, variant)
+        soft = out_dir / _soft_name(out_name) if feeds else None
         run_inference(method, gt, paths[f"{split}_images"], out_dir / out_name, cfg,
                       timing_path=out_dir / f"timing_{split}.json", progress=sys.stderr.isatty(),
-                      reuse=_reused_scales(params, variant, seed, gt, out_name, cfg))
+                      reuse=_reused_scales(params, variant, seed, gt, out_name, cfg), soft_path=soft)
     _write_timing(out_dir, "infer", time.perf_counter() - start)
     return out_dir / out_name
 

@@ -383,9 +383,23 @@ def build_train_dataset(cfg: TrainConfig, where: str = "config") -> tuple[Datase
     dataset = VISClipDataset(
         data.json, data.image_root, sampling=data.sampling, num_frames=data.num_frames,
         frame_range=data.frame_range, min_sizes=tuple(data.min_sizes), max_size=data.max_size,
-        hflip_prob=0.5 if data.hflip else 0.0, seed=cfg.seed,
+        hflip_prob=0.5 if data.hflip else 0.0, seed=cfg.seed, crop=_frame_crop(data, where),
     )
     return dataset, collate_clips
+
+
+def _frame_crop(data, where: str):
+    """The per-frame crop of video clips from ``data.crop_prob`` / ``data.crop_size_range`` (None when off)."""
+    from vis_core.data.transforms import FrameCrop
+
+    if data.crop_prob <= 0:
+        return None
+    if len(data.crop_size_range) != 2:
+        raise ConfigError(f"{where}: data.crop_size_range: expected [min, max], got {data.crop_size_range}")
+    try:
+        return FrameCrop(data.crop_prob, tuple(data.crop_size_range))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: data: {exc}") from None
 
 
 def _synthetic_dataset(cfg: TrainConfig, where: str) -> Dataset:
@@ -405,7 +419,7 @@ def _synthetic_dataset(cfg: TrainConfig, where: str) -> Dataset:
         if data.kind == "synthetic_objects":
             return SyntheticObjectDataset(data.synthetic, size=min(data.min_sizes), **common)
         return SyntheticClipDataset(data.synthetic, sampling=data.sampling, num_frames=data.num_frames,
-                                    frame_range=data.frame_range, **common)
+                                    frame_range=data.frame_range, crop=_frame_crop(data, where), **common)
     except ValueError as exc:
         raise ConfigError(f"{where}: data.synthetic: {exc}") from exc
 

@@ -45,6 +45,9 @@ Optional hooks, with their defaults here:
 * ``memory_bytes(frames_held, (h, w))`` on a clip method: its predicted peak for one window, checked against
   the budget like an offline method's; ``lower_memory_modes(T, (h, w)) -> {description: bytes}`` on a clip
   or offline method: the cheaper modes a refusal suggests (e.g. Propose-Reduce's bounded memory).
+* ``record_soft_masks(codec)`` on an online or clip associator (IDOL's and MinVIS' have it): also keep each
+  mask's soft encoding (:mod:`vis_core.tracking.soft_masks`; ``TrackStore.record_soft_masks``), which the
+  multi-scale test averages; an associator without it gives binary masks, 0/1 probabilities in that merge.
 
 Class attributes: ``kind`` (above) and ``segmenter_family`` (``deformable_detr`` / ``mask2former``: methods of a
 family start from one shared pre-training of that segmenter).

@@ -79,18 +79,18 @@ class DeformableDETRFrame(VISMethod):
 
     Args:
         cfg: :class:`DetrFrameConfig` (or a ready :class:`DeformableDETRConfig`).
-        backbone, pre_layer: passed to :class:`DeformableDETR`.
+        backbone, encoder_hooks: passed to :class:`DeformableDETR`.
     """
 
     # methods built on this segmenter share its pre-training (reproductions/_pretrain, one run per family)
     segmenter_family = "deformable_detr"
 
     def __init__(self, cfg: DetrFrameConfig | DeformableDETRConfig, backbone: nn.Module | None = None,
-                 pre_layer: Mapping[int, nn.Module] | None = None):
+                 encoder_hooks: Mapping[int, nn.Module] | None = None):
         super().__init__()
         model_cfg = cfg if isinstance(cfg, DeformableDETRConfig) else cfg.model_config()
         self.model_cfg = model_cfg
-        self.model = DeformableDETR(model_cfg, backbone=backbone, pre_layer=pre_layer)
+        self.model = DeformableDETR(model_cfg, backbone=backbone, encoder_hooks=encoder_hooks)
         weights = idol_weight_dict(
             class_weight=model_cfg.class_weight,
             bbox_weight=model_cfg.bbox_weight,
@@ -120,7 +120,7 @@ class DeformableDETRFrame(VISMethod):
         if not self.training:
             return outputs
         k = outputs["pred_logits"].shape[0] // len(targets)
-        if k > 1:  # a batch-multiplying encoder pre-layer (BatchFormerV2 two-stream): every stream gets the GT
+        if k > 1:  # a batch-multiplying encoder hook (BatchFormerV2 two-stream): every stream gets the GT
             targets = targets * k
         return self.criterion.weighted(self.criterion(outputs, targets))
 

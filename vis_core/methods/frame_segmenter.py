@@ -151,17 +151,18 @@ class Mask2FormerFrame(VISMethod):
 
     Args:
         cfg: :class:`FrameMask2FormerConfig`.
-        pre_layer_hooks: optional decoder pre-layer hooks (BatchFormerV2), passed to ``build_mask2former``.
+        encoder_hooks: optional pixel-decoder encoder hooks ``{depth: module}`` (BatchFormerV2), passed to
+            ``build_mask2former``.
     """
 
     # methods built on this segmenter share its pre-training (reproductions/_pretrain, one run per family)
     segmenter_family = "mask2former"
 
-    def __init__(self, cfg: FrameMask2FormerConfig, pre_layer_hooks: Mapping[int, torch.nn.Module] | None = None):
+    def __init__(self, cfg: FrameMask2FormerConfig, encoder_hooks: Mapping[int, torch.nn.Module] | None = None):
         super().__init__()
         self.cfg = cfg
         self.segmenter_cfg = cfg.segmenter_config()
-        self.segmenter = build_mask2former(self.segmenter_cfg, pre_layer_hooks=pre_layer_hooks)
+        self.segmenter = build_mask2former(self.segmenter_cfg, encoder_hooks=encoder_hooks)
         self.criterion = build_criterion(
             self.segmenter_cfg.num_classes, cfg.class_weight, cfg.mask_weight, cfg.dice_weight, cfg.eos_coef,
             cfg.num_points, cfg.oversample_ratio, cfg.importance_sample_ratio,
@@ -194,7 +195,7 @@ class Mask2FormerFrame(VISMethod):
         if not self.training:
             return outputs
         k = outputs["pred_logits"].shape[0] // len(targets)
-        if k > 1:  # a batch-multiplying pre-layer hook (BatchFormerV2 two streams): every stream gets the GT
+        if k > 1:  # a batch-multiplying encoder hook (BatchFormerV2 two streams): every stream gets the GT
             targets = targets * k
         if not self.cfg.deep_supervision:
             outputs = {key: v for key, v in outputs.items() if key != "aux_outputs"}

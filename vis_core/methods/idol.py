@@ -16,12 +16,16 @@ Add-ons of the challenge reports, each a config sub-dict (an ablation row is a p
   Training only.
 * ``quality``: :class:`QualityConfig`: two FFN layers on the matched queries' embeddings predict the IoU of
   their mask with its GT; loss ``mean (S - V)^2``. Training only unless ``use_at_test`` (class probs x S).
-* ``batchformer``: :class:`BatchFormerConfig`: BatchFormerV2 before the chosen encoder layers, two-stream in
-  training (every stream gets all losses, heads shared), the identity at test.
+* ``batchformer``: :class:`BatchFormerConfig`: BatchFormerV2 on the output of the chosen Deformable-DETR encoder
+  layers (``insert_idx``, default ``[0]``: after the first, the official recipe; ``-1``: after the last;
+  ``placement: before`` for the report's reading), two-stream in training (every stream gets all losses, heads
+  shared), the identity at test. It mixes only across clips: the key frames with each other and the reference
+  frames with each other, never a key frame with its own reference frame (the official IDOL code runs the
+  key and the reference frames through the transformer as two separate forward passes).
 
 The boundary and quality losses come from :func:`vis_core.modeling.heads.addon_losses.addon_losses`, shared
 with MinVIS (IDOL's own GT sampling, normaliser and empty-match zero are its parameters); the BatchFormer
-blocks are the encoder's pre-layer hooks of :func:`vis_core.modeling.batchformer.batchformer_hooks`.
+blocks are the encoder hooks of :func:`vis_core.modeling.batchformer.batchformer_hooks`.
 
 Config (``model:`` in params.yaml), flat::
 
@@ -167,8 +171,10 @@ class IDOL(DeformableDETRFrame):
 
     def __init__(self, cfg: IDOLConfig):
         model_cfg = cfg.model_config()
-        # BatchFormerV2 before the chosen encoder layers: the encoder calls hook(src, pos=, padding_mask=)
-        super().__init__(model_cfg, pre_layer=batchformer_hooks(cfg.batchformer, model_cfg.hidden_dim))
+        # BatchFormerV2 after the chosen encoder layers; frames_per_clip=2: the (key, ref) frames of a pair are
+        # never mixed with each other, as in the official two separate transformer passes
+        hooks = batchformer_hooks(cfg.batchformer, model_cfg.hidden_dim, model_cfg.enc_layers, frames_per_clip=2)
+        super().__init__(model_cfg, encoder_hooks=hooks)
         self.cfg = cfg
         self.tracker_cfg = cfg.tracker_config()
         c = model_cfg.hidden_dim
@@ -338,6 +344,10 @@ class IDOLAssociator:
             masks = masks.sigmoid()
         boxes = box_cxcywh_to_xyxy(frame["pred_boxes"][cand].float())
         return self.tracker.update(frame["pred_reid"][cand], scores[cand], probs[cand], boxes, masks)
+
+    def record_soft_masks(self, codec) -> None:
+        """Optional associator hook (multi-scale test): also keep each mask's soft encoding."""
+        self.tracker.record_soft_masks(codec)
 
     def finalize(self, video_id: int, category_ids: Sequence[int]) -> list[dict]:
         return self.tracker.finalize(video_id, category_ids)

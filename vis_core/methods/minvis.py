@@ -12,19 +12,24 @@ logits (top-10 (slot, class) pairs) and the mask is ``logit > 0``. So the method
       model: {preset: tiny, num_queries: 10,
               boundary: {enabled: true},      # boundary branch, Sec. 2.1.4
               quality: {enabled: true},       # quality assessment, Sec. 2.1.5 (training only)
-              batchformer: {enabled: true}}   # BatchFormerV2 before each decoder block, Sec. 2.1.3
+              batchformer: {enabled: true}}   # BatchFormerV2 in the pixel decoder, Sec. 2.1.3
 
   - ``boundary``: a kernel MLP on the final-layer query embeddings dotted with the mask features predicts a
-    boundary map for every *matched* query; loss = squared dice + BCE against ``|Laplacian(GT)| > T_b``,
+    boundary map for every *matched* query; loss = squared dice + BCE against the inner edge
+    ``Laplacian(GT).clamp(min=0) > T_b``,
     both at the stride-4 resolution of the mask predictions (GT masks are area-downsampled and binarised
     first so the boundary band keeps its width). Training only.
   - ``quality``: two FFN layers on the matched queries' embeddings predict ``S``; the target ``V`` is the IoU
     of the query's predicted (stride-4) mask with its GT; loss ``mean (S - V)^2``. Training only unless
     ``use_at_test`` (then the video score is multiplied by the slot's mean ``S``).
-  - ``batchformer``: BatchFormerV2 applied to the queries before the decoder layers in ``insert_idx`` (from a
-    params dict without ``insert_idx``: every layer, "the same input as the Transformer block"); training
-    runs two streams (plain and BatchFormer) through the shared decoder and heads, both supervised; at test
-    the module is the identity.
+  - ``batchformer``: BatchFormerV2 on the dense tokens of the pixel decoder's deformable (MSDeformAttn)
+    encoder, after the encoder layers in ``insert_idx`` (default ``[-1]``: after the last one), as the official
+    code places it in Deformable-DETR's encoder (``placement: before`` is the report's "takes the same input
+    as the Transformer block"; the object queries are not mixed: at the first decoder layer they are the same
+    learned vectors for every frame). It mixes all ``B * T`` frames of the batch: MinVIS trains image-level,
+    each frame is an independent sample of the segmenter, as the images of the official Deformable-DETR
+    batch. Training runs two streams (plain and BatchFormer): the FPN step, the transformer decoder and the
+    heads see ``2 B T`` samples, both supervised; at test the module is the identity.
 
   The add-on losses use the final layer's Hungarian matching, the criterion's own (``SetCriterion`` returns
   the matching it used; :class:`Mask2FormerFrame` hands its final layer to :meth:`MinVIS.addon_losses`), and
@@ -70,7 +75,7 @@ class MinVISConfig(FrameMask2FormerConfig):
 
     boundary: BoundaryConfig = field(default_factory=BoundaryConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
-    batchformer: BatchFormerConfig = field(default_factory=BatchFormerConfig)
+    batchformer: BatchFormerConfig = field(default_factory=lambda: BatchFormerConfig(insert_idx=[-1]))
     topk: int = 10
     mask_threshold: float = 0.0
 
@@ -83,8 +88,8 @@ class MinVISConfig(FrameMask2FormerConfig):
     @classmethod
     def from_dict(cls, values: Mapping) -> MinVISConfig:
         """Flat keys as :meth:`FrameMask2FormerConfig.from_dict`; ``boundary`` / ``quality`` / ``batchformer``
-        are sub-dicts of their configs. A ``batchformer`` dict without ``insert_idx`` inserts the block before
-        every decoder layer (report 001)."""
+        are sub-dicts of their configs. A ``batchformer`` dict without ``insert_idx`` inserts the block after
+        the last pixel-decoder encoder layer (``[-1]``)."""
         values = dict(values)
         subs = {}
         for key, sub_cls in _SUB_CONFIGS.items():
@@ -92,12 +97,11 @@ class MinVISConfig(FrameMask2FormerConfig):
             if isinstance(given, sub_cls):
                 subs[key] = given
                 continue
-            subs[key] = dataclass_from_dict(sub_cls, dict(given or {}), key)
-            if key == "batchformer" and "insert_idx" not in (given or {}):
-                subs[key].insert_idx = None  # filled below, once the decoder depth is known
+            given = dict(given or {})
+            if key == "batchformer":
+                given.setdefault("insert_idx", [-1])  # after the last pixel-decoder encoder layer
+            subs[key] = dataclass_from_dict(sub_cls, given, key)
         cfg = super().from_dict(values)  # FrameMask2FormerConfig's checks of the flat keys
-        if subs["batchformer"].insert_idx is None:
-            subs["batchformer"].insert_idx = list(range(cfg.segmenter_config().dec_layers))
         return dataclasses.replace(cfg, **subs)
 
 
@@ -145,15 +149,6 @@ def matched_targets_at(
     return batch_idx, query_idx, (gt >= 0.5).float()
 
 
-def _rename_legacy_batchformer_keys(module, state_dict: dict, prefix: str, *args) -> None:
-    """Load-state-dict pre-hook: checkpoints written before the decoder's generic pre-layer hooks store
-    BatchFormer at ``segmenter.predictor.pre_blocks.<i>.*``; it now sits at ``...pre_layer_hooks.<i>.block.*``."""
-    old = prefix + "segmenter.predictor.pre_blocks."
-    for key in [k for k in state_dict if k.startswith(old)]:
-        layer, rest = key[len(old):].split(".", 1)
-        state_dict[f"{prefix}segmenter.predictor.pre_layer_hooks.{layer}.block.{rest}"] = state_dict.pop(key)
-
-
 @register_method("minvis", config=MinVISConfig)
 class MinVIS(Mask2FormerFrame):
     """MinVIS: per-frame Mask2Former training (+ report-001 add-ons), query-matching inference.
@@ -171,10 +166,10 @@ class MinVIS(Mask2FormerFrame):
 
     def __init__(self, cfg: MinVISConfig):
         seg = cfg.segmenter_config()
-        super().__init__(cfg, pre_layer_hooks=batchformer_hooks(cfg.batchformer, seg.hidden_dim))
+        # BatchFormerV2 on the pixel-decoder tokens; every frame of the batch is a sample (frames_per_clip=1)
+        super().__init__(cfg, encoder_hooks=batchformer_hooks(cfg.batchformer, seg.conv_dim, seg.enc_layers))
         self.boundary_head = build_boundary_head(cfg.boundary, seg.hidden_dim, seg.mask_dim)
         self.quality_head = build_quality_head(cfg.quality, seg.hidden_dim)
-        self.register_load_state_dict_pre_hook(_rename_legacy_batchformer_keys)
 
     # ------------------------------------------------------------------ training
     def addon_losses(self, outputs: dict, targets: list[dict], indices: list) -> dict[str, Tensor]:
@@ -183,7 +178,7 @@ class MinVIS(Mask2FormerFrame):
 
         Args:
             outputs: segmenter outputs (``pred_masks (B', Q, h4, w4)``, ``pred_embds (B', Q, C)``,
-                ``mask_features (B, C_m, h4, w4)`` with ``B' = k * B`` under BatchFormer).
+                ``mask_features (B', C_m, h4, w4)`` with ``B' = k * B`` under BatchFormer: each stream's own).
             targets: ``B'`` per-frame targets. indices: final-layer matching, one pair per frame.
         """
         if self.boundary_head is None and self.quality_head is None:
@@ -193,9 +188,7 @@ class MinVIS(Mask2FormerFrame):
         embeds = outputs["pred_embds"][batch_idx, query_idx]  # (N, C)
 
         def boundary_logits() -> Tensor:  # (N, h4, w4): the query kernels dotted with the mask features
-            features = outputs["mask_features"]
-            features = features.repeat(pred_masks.shape[0] // features.shape[0], 1, 1, 1)  # streams share it
-            return self.boundary_head(embeds, features, batch_index=batch_idx)
+            return self.boundary_head(embeds, outputs["mask_features"], batch_index=batch_idx)
 
         return addon_losses(
             pred_masks[batch_idx, query_idx], gt,
@@ -270,6 +263,10 @@ class MinVISTracker:
             quality = frame_out["pred_quality"][perm].detach().to("cpu", torch.float64)
             self.quality_sum = quality if self.quality_sum is None else self.quality_sum + quality
         return perm
+
+    def record_soft_masks(self, codec) -> None:
+        """Optional associator hook (multi-scale test): also keep each slot's soft mask encoding."""
+        self.associator.record_soft_masks(codec)
 
     def finalize(self, video_id: int, category_ids: Sequence[int]) -> list[dict]:
         if not self.use_quality or self.quality_sum is None:

@@ -18,9 +18,10 @@ reference boxes). The mask branch fuses the *encoder memory* at strides 8/16/32 
 ``MaskHeadSmallConv`` with ``fpns=None``), the dynamic head predicts at stride 8 with relative coordinates and
 upsamples x2 to stride 4. Each layer's masks use that layer's *input* reference point as the instance location.
 
-With ``pre_layer={i: module}`` a BatchFormerV2-style module runs before encoder layer ``i``; if it multiplies the
-batch by ``k`` the outputs have batch ``k * B`` (stream order: ``cat([x, bf(x)])``), and the targets must be tiled
-the same way by the caller.
+With ``encoder_hooks={d: module}`` a BatchFormerV2-style module runs on the encoder tokens after the first ``d``
+encoder layers (:class:`~vis_core.modeling.deformable_transformer.EncoderHooks`); if it multiplies the batch by
+``k`` the outputs have batch ``k * B`` (stream order: ``cat([x, bf(x)])``), and the targets must be tiled the same
+way by the caller.
 """
 
 from __future__ import annotations
@@ -184,11 +185,11 @@ class DeformableDETR(nn.Module):
         cfg: :class:`DeformableDETRConfig`.
         backbone: optional module ``(N, 3, H, W) -> {"res3", "res4", "res5": (N, C_l, H/s, W/s)}`` exposing
             ``out_channels`` (a dict); built from ``cfg.backbone`` when omitted.
-        pre_layer: optional ``{encoder_layer_idx: module}`` (BatchFormerV2 insertion points).
+        encoder_hooks: optional ``{encoder depth: module}`` (BatchFormerV2 insertion points).
     """
 
     def __init__(self, cfg: DeformableDETRConfig, backbone: nn.Module | None = None,
-                 pre_layer: Mapping[int, nn.Module] | None = None):
+                 encoder_hooks: Mapping[int, nn.Module] | None = None):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone if backbone is not None else build_detr_backbone(cfg)
@@ -235,7 +236,7 @@ class DeformableDETR(nn.Module):
             enc_n_points=cfg.enc_n_points,
             dec_n_points=cfg.dec_n_points,
             bbox_embed=self.bbox_embed,
-            pre_layer=pre_layer,
+            encoder_hooks=encoder_hooks,
         )
         self.mask_head = DynamicMaskHead(
             hidden_dim=c,
@@ -251,7 +252,7 @@ class DeformableDETR(nn.Module):
 
     @property
     def encoder(self) -> nn.Module:
-        """The deformable encoder (``encoder.set_pre_layers({idx: module})`` installs BatchFormerV2 modules)."""
+        """The deformable encoder (``encoder.set_hooks({depth: module})`` installs BatchFormerV2 modules)."""
         return self.transformer.encoder
 
     def preprocess(self, images: Tensor, image_sizes: list[tuple[int, int]] | None = None):
@@ -337,13 +338,13 @@ class DeformableDETR(nn.Module):
 
 
 def build_deformable_detr(cfg: DeformableDETRConfig | str = "tiny", backbone: nn.Module | None = None,
-                          pre_layer: Mapping[int, nn.Module] | None = None, **overrides) -> DeformableDETR:
+                          encoder_hooks: Mapping[int, nn.Module] | None = None, **overrides) -> DeformableDETR:
     """Build the segmenter from a config or a preset name (``"tiny"``, ``"full"``, ``"full_ovis"``...)."""
     if isinstance(cfg, str):
         cfg = DeformableDETRConfig.preset(cfg, **overrides)
     elif overrides:
         cfg = cfg.replace(**overrides)
-    return DeformableDETR(cfg, backbone=backbone, pre_layer=pre_layer)
+    return DeformableDETR(cfg, backbone=backbone, encoder_hooks=encoder_hooks)
 
 
 @torch.no_grad()

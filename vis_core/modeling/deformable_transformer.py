@@ -7,11 +7,13 @@ inverse_sigmoid(ref))``), which is detached before it becomes the next layer's r
 
 Shapes: N batch, L feature levels, S = sum_l H_l W_l flattened positions, Q queries, C channels.
 
-The encoder accepts *pre-layer* modules (``{layer_idx: module}``) run on the token sequence before the given encoder
-layer, for BatchFormerV2-style batch attention. Such a module is called as ``module(src, pos=pos,
-padding_mask=mask)`` with ``src, pos`` of shape ``(N, S, C)`` and ``mask`` ``(N, S)`` and returns ``(k * N, S, C)``;
-when ``k > 1`` (two-stream training, ``cat([x, bf(x)])``) every per-sample tensor downstream (reference points,
-positions, masks, valid ratios) is tiled ``k`` times in the same order, so the rest of the model runs at ``k * N``.
+The encoder accepts hooks keyed by depth (:class:`EncoderHooks`, ``{depth: module}``): a module run on the token
+sequence after the first ``depth`` encoder layers (``0``: the encoder input; ``num_layers``: its output), for
+BatchFormerV2-style batch attention. Such a module is called as ``module(src, pos=pos, reference_points=ref,
+padding_mask=mask)`` with ``src, pos`` of shape ``(N, S, C)``, ``ref`` ``(N, S, L, 2)`` and ``mask`` ``(N, S)``,
+and returns ``(k * N, S, C)``; when ``k > 1`` (two-stream training, ``cat([x, bf(x)])``) every per-sample tensor
+downstream (reference points, positions, masks, valid ratios) is tiled ``k`` times in the same order, so the rest
+of the model runs at ``k * N``. Mask2Former's pixel-decoder encoder takes the same hooks.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = [
     "MLP",
     "PositionEmbeddingSine",
     "DeformableTransformerEncoderLayer",
+    "EncoderHooks",
     "DeformableTransformerEncoder",
     "DeformableTransformerDecoderLayer",
     "DeformableTransformerDecoder",
@@ -118,24 +121,53 @@ class DeformableTransformerEncoderLayer(nn.Module):
         return self.norm2(src + self.dropout3(src2))
 
 
-class DeformableTransformerEncoder(nn.Module):
-    """A stack of encoder layers, with optional pre-layer modules (see the module docstring)."""
+class EncoderHooks(nn.ModuleDict):
+    """Modules run on an encoder's tokens between its layers, keyed by depth (BatchFormerV2 insertion points).
 
-    def __init__(self, layer: nn.Module, num_layers: int, pre_layer: Mapping[int, nn.Module] | None = None):
+    ``hooks[str(d)]`` runs on the tokens after the first ``d`` of ``num_layers`` encoder layers (``0 <= d <=
+    num_layers``) as ``module(tokens, **context)``: ``tokens (N, S, C)``, ``context`` the encoder's other
+    per-sample tensors (batch first; None entries allowed). It returns ``(k * N, S, C)``, and when ``k > 1``
+    :meth:`run` tiles the context ``k`` times (``[c0..cN-1, c0..cN-1, ...]``, the order of ``cat([x, f(x)])``)
+    so that the next layers run on ``k * N`` samples.
+    """
+
+    def __init__(self, num_layers: int, hooks: Mapping[int, nn.Module] | None = None):
+        super().__init__()
+        self.num_layers = num_layers
+        for depth, module in (hooks or {}).items():
+            if not 0 <= int(depth) <= num_layers:
+                raise ValueError(f"encoder hook depth {depth} out of range 0..{num_layers} ({num_layers} layers)")
+            self[str(int(depth))] = module
+
+    def run(self, depth: int, tokens: Tensor, context: dict[str, Tensor | None]):
+        """The hook at ``depth`` (if any) on ``tokens (N, S, C)`` -> ``(tokens (k N, S, C), context tiled k x)``."""
+        key = str(depth)
+        if key not in self:
+            return tokens, context
+        out = self[key](tokens, **context)
+        n = tokens.shape[0]
+        if out.dim() != 3 or out.shape[1:] != tokens.shape[1:] or out.shape[0] % n or out.shape[0] == 0:
+            raise ValueError(f"encoder hook at depth {depth} returned shape {tuple(out.shape)}; "
+                             f"expected (k * {n}, {tokens.shape[1]}, {tokens.shape[2]})")
+        k = out.shape[0] // n
+        if k > 1:
+            context = {name: None if v is None else v.repeat(k, *[1] * (v.dim() - 1)) for name, v in context.items()}
+        return out, context
+
+
+class DeformableTransformerEncoder(nn.Module):
+    """A stack of encoder layers, with optional :class:`EncoderHooks` (see the module docstring)."""
+
+    def __init__(self, layer: nn.Module, num_layers: int, hooks: Mapping[int, nn.Module] | None = None):
         super().__init__()
         self.layers = _clones(layer, num_layers)
         self.num_layers = num_layers
-        self.pre_layer = nn.ModuleDict()
-        self.set_pre_layers(pre_layer or {})
+        self.set_hooks(hooks)
 
-    def set_pre_layers(self, pre_layer: Mapping[int, nn.Module]) -> None:
-        """Install ``{layer_idx: module}``; each module runs on the tokens right before encoder layer
-        ``layer_idx`` (``0 <= layer_idx < num_layers``)."""
-        self.pre_layer = nn.ModuleDict()
-        for idx, module in pre_layer.items():
-            if not 0 <= int(idx) < self.num_layers:
-                raise ValueError(f"pre_layer index {idx} out of range for {self.num_layers} encoder layers")
-            self.pre_layer[str(int(idx))] = module
+    def set_hooks(self, hooks: Mapping[int, nn.Module] | None) -> None:
+        """Install (or clear, with None) ``{depth: module}``: each module runs on the tokens after the first
+        ``depth`` encoder layers (``0 <= depth <= num_layers``)."""
+        self.hooks = EncoderHooks(self.num_layers, hooks)
 
     @staticmethod
     def get_reference_points(spatial_shapes: Tensor, valid_ratios: Tensor, device) -> Tensor:
@@ -157,26 +189,15 @@ class DeformableTransformerEncoder(nn.Module):
         return reference_points[:, :, None] * valid_ratios[:, None]
 
     def forward(self, src, spatial_shapes, level_start_index, valid_ratios, pos, padding_mask):
-        """Returns ``(memory (k*N, S, C), k)`` where ``k`` is the batch multiplier of the pre-layers."""
-        output = src
-        n = src.shape[0]
+        """Returns ``(memory (k*N, S, C), k)`` where ``k`` is the batch multiplier of the hooks."""
         reference_points = self.get_reference_points(spatial_shapes, valid_ratios, device=src.device)
-        for idx, layer in enumerate(self.layers):
-            key = str(idx)
-            if key in self.pre_layer:
-                output = self.pre_layer[key](output, pos=pos, padding_mask=padding_mask)
-                k = output.shape[0] // reference_points.shape[0]
-                if output.shape[0] % reference_points.shape[0] != 0 or output.shape[1:] != src.shape[1:]:
-                    raise ValueError(
-                        f"pre_layer[{idx}] returned shape {tuple(output.shape)}; expected (k * "
-                        f"{reference_points.shape[0]}, {src.shape[1]}, {src.shape[2]})"
-                    )
-                if k > 1:
-                    reference_points = reference_points.repeat(k, 1, 1, 1)
-                    pos = pos.repeat(k, 1, 1)
-                    padding_mask = padding_mask.repeat(k, 1)
-            output = layer(output, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
-        return output, output.shape[0] // n
+        ctx = {"pos": pos, "reference_points": reference_points, "padding_mask": padding_mask}
+        output, ctx = self.hooks.run(0, src, ctx)
+        for depth, layer in enumerate(self.layers, start=1):
+            output = layer(output, ctx["pos"], ctx["reference_points"], spatial_shapes, level_start_index,
+                           ctx["padding_mask"])
+            output, ctx = self.hooks.run(depth, output, ctx)
+        return output, output.shape[0] // src.shape[0]
 
 
 class DeformableTransformerDecoderLayer(nn.Module):
@@ -269,7 +290,7 @@ class DeformableTransformer(nn.Module):
         d_model, nhead, num_encoder_layers, num_decoder_layers, dim_feedforward, dropout: usual meaning.
         num_feature_levels: L. enc_n_points / dec_n_points: sampling points per head and level.
         bbox_embed: box heads for iterative refinement (one per decoder layer), owned by the decoder.
-        pre_layer: optional ``{encoder_layer_idx: module}`` (see the module docstring).
+        encoder_hooks: optional ``{depth: module}`` run between encoder layers (see :class:`EncoderHooks`).
     """
 
     def __init__(
@@ -284,7 +305,7 @@ class DeformableTransformer(nn.Module):
         enc_n_points: int = 4,
         dec_n_points: int = 4,
         bbox_embed: nn.ModuleList | None = None,
-        pre_layer: Mapping[int, nn.Module] | None = None,
+        encoder_hooks: Mapping[int, nn.Module] | None = None,
     ):
         super().__init__()
         self.d_model, self.nhead, self.num_feature_levels = d_model, nhead, num_feature_levels
@@ -299,9 +320,9 @@ class DeformableTransformer(nn.Module):
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
         self.reference_points = nn.Linear(d_model, 2)
         self._reset_parameters()
-        # heads and pre-layers are attached after the init so that it does not overwrite theirs
+        # heads and hooks are attached after the init so that it does not overwrite theirs
         self.decoder.bbox_embed = bbox_embed
-        self.encoder.set_pre_layers(pre_layer or {})
+        self.encoder.set_hooks(encoder_hooks)
 
     def _reset_parameters(self) -> None:
         for p in self.parameters():

@@ -19,13 +19,11 @@ For VITA the forward also returns ``pred_queries``, the normalised queries of th
 predictions (VITA's ``frame_queries``: all layers in training, the last at test), and ``pixel_features``, the
 stride-4 pixel-decoder map before the ``mask_features`` projection.
 
-Per-layer hooks: ``pre_layer_hooks`` maps decoder-layer indices to modules applied to the batch-first
-``(B, Q, C)`` queries just before that layer (``hook(queries)``; BatchFormerV2 is one, see
+Encoder hooks: ``encoder_hooks`` (``{depth: module}``) go to the pixel decoder's deformable encoder
+(:class:`~vis_core.modeling.deformable_transformer.EncoderHooks`; MinVIS's BatchFormerV2 blocks, see
 :func:`vis_core.modeling.batchformer.batchformer_hooks`). A hook may return ``k * B`` samples (training
-streams, e.g. ``cat([x, f(x)])``); the decoder then tiles memories, positional encodings, query embeddings,
-attention masks and mask features ``k`` times along the batch (``[x0, x1, x0, x1]`` order) so all streams
-share the remaining weights, and it tiles the predictions made before the hook too, so every output but
-``mask_features`` / ``pixel_features`` has batch ``k * B`` (the caller repeats its targets ``k`` times).
+streams, ``cat([x, f(x)])``); the pixel decoder's outputs then have ``k * B`` samples, the transformer decoder
+simply runs on all of them, and every output has batch ``k * B`` (the caller repeats its targets ``k`` times).
 """
 
 from __future__ import annotations
@@ -178,11 +176,6 @@ class MLP(nn.Module):
         return x
 
 
-def _tile(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Repeat along the batch: ``[x0, x1] -> [x0, x1, x0, x1]``, the stream order of a hook's ``cat([x, f(x)])``."""
-    return x.repeat(k, *([1] * (x.dim() - 1)))
-
-
 class MultiScaleMaskedTransformerDecoder(nn.Module):
     """Mask2Former's masked-attention transformer decoder.
 
@@ -193,8 +186,6 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         dec_layers: transformer layers (9; the official ``DEC_LAYERS`` is this + 1).
         pre_norm: pre-LayerNorm layers (False). mask_dim: channels of ``mask_features``.
         enforce_input_project: 1x1 input projections even when ``in_channels == hidden_dim``.
-        pre_layer_hooks: ``{layer index: module}``: ``module(queries (B, Q, C))`` runs just before that
-            decoder layer and returns ``(k * B, Q, C)``, ``k >= 1`` (see the module docstring).
     """
 
     num_feature_levels = 3  # always three scales
@@ -211,7 +202,6 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         pre_norm: bool = False,
         mask_dim: int = 256,
         enforce_input_project: bool = False,
-        pre_layer_hooks: Mapping[int, nn.Module] | None = None,
     ):
         super().__init__()
         if dec_layers < 1:
@@ -244,16 +234,6 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 self.input_proj.append(nn.Sequential())
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
-        self.pre_layer_hooks = nn.ModuleDict()
-        self.set_pre_layer_hooks(pre_layer_hooks)
-
-    def set_pre_layer_hooks(self, hooks: Mapping[int, nn.Module] | None) -> None:
-        """Install (or clear, with None) the modules applied to the queries before chosen decoder layers."""
-        self.pre_layer_hooks = nn.ModuleDict()
-        for idx, hook in (hooks or {}).items():
-            if not 0 <= int(idx) < self.num_layers:
-                raise ValueError(f"pre-layer hook index {idx!r} is not a decoder layer (0..{self.num_layers - 1})")
-            self.pre_layer_hooks[str(int(idx))] = hook
 
     def forward_prediction_heads(
         self, output: torch.Tensor, mask_features: torch.Tensor, attn_mask_target_size: tuple[int, int]
@@ -275,10 +255,10 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             num_query_layers: ``L``, how many of the last predictions' normalised queries ``pred_queries``
                 holds (1 .. ``dec_layers + 1``; 1, the default, costs nothing: a view of ``pred_embds``).
         Returns:
-            dict(pred_logits ``(B', Q, K+1)``, pred_masks ``(B', Q, H/4, W/4)``, pred_embds ``(B', Q, C)``,
-            pred_queries ``(L, B', Q, C)`` (oldest first: ``pred_queries[-1]`` is ``pred_embds``),
+            dict(pred_logits ``(B, Q, K+1)``, pred_masks ``(B, Q, H/4, W/4)``, pred_embds ``(B, Q, C)``,
+            pred_queries ``(L, B, Q, C)`` (oldest first: ``pred_queries[-1]`` is ``pred_embds``),
             aux_outputs: ``dec_layers`` dicts with pred_logits, pred_masks, pred_embds, the initial prediction
-            first), where ``B' = B`` unless a pre-layer hook multiplied the batch.
+            first).
         """
         if len(x) != self.num_feature_levels:
             raise ValueError(f"expected {self.num_feature_levels} feature levels, got {len(x)}")
@@ -298,15 +278,6 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         cls, masks, attn_mask, embds = self.forward_prediction_heads(output, mask_features, size_list[0])
         predictions.append((cls, masks, embds))
         for i in range(self.num_layers):
-            if str(i) in self.pre_layer_hooks:
-                output = self._run_hook(i, output)
-                k = output.shape[0] // bs
-                if k > 1:  # new streams: they share every per-image input of the remaining layers
-                    src, pos = [_tile(s, k) for s in src], [_tile(p, k) for p in pos]
-                    query_embed, attn_mask, mask_features = (
-                        _tile(t, k) for t in (query_embed, attn_mask, mask_features)
-                    )
-                    bs = output.shape[0]
             level_index = i % self.num_feature_levels
             output = self.transformer_cross_attention_layers[i](
                 output, src[level_index], unmask_empty_rows(attn_mask), pos[level_index], query_embed
@@ -317,10 +288,6 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             cls, masks, attn_mask, embds = self.forward_prediction_heads(output, mask_features, next_size)
             predictions.append((cls, masks, embds))
 
-        # predictions made before a batch-multiplying hook are shared by all streams
-        predictions = [
-            tuple(t if t.shape[0] == bs else _tile(t, bs // t.shape[0]) for t in p) for p in predictions
-        ]
         (cls, masks, embds), aux = predictions[-1], predictions[:-1]
         if num_query_layers == 1:  # the default: a view, no copy
             queries = embds.unsqueeze(0)
@@ -333,17 +300,6 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             "pred_queries": queries,
             "aux_outputs": [{"pred_logits": a, "pred_masks": b, "pred_embds": c} for a, b, c in aux],
         }
-
-    def _run_hook(self, layer: int, queries: torch.Tensor) -> torch.Tensor:
-        """The hook before ``layer`` on ``(B, Q, C)`` queries; checks it returned ``(k * B, Q, C)``."""
-        out = self.pre_layer_hooks[str(layer)](queries)
-        b = queries.shape[0]
-        if out.dim() != 3 or out.shape[1:] != queries.shape[1:] or out.shape[0] % b or out.shape[0] == 0:
-            raise ValueError(
-                f"pre-layer hook before decoder layer {layer} returned shape {tuple(out.shape)}; "
-                f"expected (k * {b}, {queries.shape[1]}, {queries.shape[2]})"
-            )
-        return out
 
 
 class Mask2Former(nn.Module):
@@ -397,8 +353,7 @@ class Mask2Former(nn.Module):
             ``dec_layers`` dicts (pred_logits, pred_masks, pred_embds), mask_features ``(B, mask_dim, h4, w4)``
             and pixel_features ``(B, conv_dim, h4, w4)``, the stride-4 pixel-decoder map that ``mask_features``
             projects, with ``h4, w4 = ceil(H/4), ceil(W/4)``). Mask logits at stride 4 cover ``4 * ceil(H/4)``
-            input rows. With a batch-multiplying pre-layer hook, everything except mask_features and
-            pixel_features has batch ``k * B``.
+            input rows. With batch-multiplying encoder hooks (training) every output has batch ``k * B``.
         """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"Mask2Former expects images of shape (B, 3, H, W), got {tuple(images.shape)}")
@@ -537,10 +492,10 @@ class Mask2FormerConfig:
 
 
 def build_mask2former(
-    cfg: Mask2FormerConfig, pre_layer_hooks: Mapping[int, nn.Module] | None = None
+    cfg: Mask2FormerConfig, encoder_hooks: Mapping[int, nn.Module] | None = None
 ) -> Mask2Former:
-    """Backbone + pixel decoder + transformer decoder from a :class:`Mask2FormerConfig`; ``pre_layer_hooks``
-    go to the decoder (:class:`MultiScaleMaskedTransformerDecoder`)."""
+    """Backbone + pixel decoder + transformer decoder from a :class:`Mask2FormerConfig`; ``encoder_hooks``
+    (``{depth: module}``) go to the pixel decoder's deformable encoder (:class:`MSDeformAttnPixelDecoder`)."""
     backbone = build_backbone(cfg.backbone_config())
     input_shapes = {k: (backbone.out_channels[k], backbone.out_strides[k]) for k in backbone.out_channels}
     pixel_decoder = MSDeformAttnPixelDecoder(
@@ -555,6 +510,7 @@ def build_mask2former(
         enc_n_points=cfg.enc_n_points,
         dropout=cfg.dropout,
         common_stride=cfg.common_stride,
+        encoder_hooks=encoder_hooks,
     )
     predictor = MultiScaleMaskedTransformerDecoder(
         cfg.conv_dim,
@@ -567,7 +523,6 @@ def build_mask2former(
         pre_norm=cfg.pre_norm,
         mask_dim=cfg.mask_dim,
         enforce_input_project=cfg.enforce_input_proj,
-        pre_layer_hooks=pre_layer_hooks,
     )
     return Mask2Former(
         backbone, pixel_decoder, predictor, cfg.pixel_mean, cfg.pixel_std, cfg.size_divisibility

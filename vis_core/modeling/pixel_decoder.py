@@ -12,6 +12,11 @@ Follows ``mask2former/modeling/pixel_decoder/msdeformattn.py`` (``MSDeformAttnPi
    encoded map, then a 3x3 conv (GN, ReLU);
 4. ``mask_features`` = 1x1 conv of the stride-4 map (:meth:`~MSDeformAttnPixelDecoder.encode` stops before it).
 
+The encoder takes the same depth-keyed hooks as IDOL's Deformable-DETR encoder
+(:class:`~vis_core.modeling.deformable_transformer.EncoderHooks`; MinVIS's BatchFormerV2 blocks): a hook that
+multiplies the batch by ``k`` (two-stream training) makes every output of the pixel decoder ``k * N`` samples
+(the res2 lateral of the FPN step is shared by the streams and tiled).
+
 Submodule names match the official ones (``input_proj``, ``transformer.encoder.layers.i``, ``adapter_1``,
 ``layer_1``, ``mask_features``), so official checkpoints load after stripping ``sem_seg_head.pixel_decoder.``.
 """
@@ -19,12 +24,13 @@ Submodule names match the official ones (``input_proj``, ``transformer.encoder.l
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vis_core.modeling.deformable_transformer import DeformableTransformerEncoderLayer
+from vis_core.modeling.deformable_transformer import DeformableTransformerEncoderLayer, EncoderHooks
 from vis_core.modeling.frozen_bn import Conv2d, get_norm, group_norm_groups
 from vis_core.modeling.ms_deform_attn import MSDeformAttn
 from vis_core.modeling.position_encoding import PositionEmbeddingSine
@@ -64,7 +70,8 @@ MSDeformAttnEncoderLayer = DeformableTransformerEncoderLayer
 
 
 class MSDeformAttnEncoder(nn.Module):
-    """Encoder layers plus the level embedding (``transformer.level_embed`` in the official names)."""
+    """Encoder layers plus the level embedding (``transformer.level_embed`` in the official names), with optional
+    :class:`EncoderHooks` ``{depth: module}`` (``hooks``, not in official checkpoints)."""
 
     def __init__(
         self,
@@ -75,6 +82,7 @@ class MSDeformAttnEncoder(nn.Module):
         dropout: float,
         num_levels: int,
         n_points: int,
+        hooks: Mapping[int, nn.Module] | None = None,
     ):
         super().__init__()
         self.level_embed = nn.Parameter(torch.empty(num_levels, d_model))
@@ -90,13 +98,19 @@ class MSDeformAttnEncoder(nn.Module):
             if isinstance(m, MSDeformAttn):
                 m._reset_parameters()  # the deformable-attention init survives the blanket xavier pass
         nn.init.normal_(self.level_embed)
+        self.set_hooks(hooks)  # after the init: it must not overwrite the hooks' own
+
+    def set_hooks(self, hooks: Mapping[int, nn.Module] | None) -> None:
+        """Install (or clear, with None) ``{depth: module}`` run on the tokens after the first ``depth`` layers."""
+        self.hooks = EncoderHooks(len(self.encoder.layers), hooks)
 
     def forward(self, srcs: list[torch.Tensor], pos_embeds: list[torch.Tensor]):
         """
         Args:
             srcs / pos_embeds: per level ``(N, C, H_l, W_l)``.
         Returns:
-            memory ``(N, S, C)``, spatial_shapes ``(L, 2)`` long, level_start_index ``(L,)`` long.
+            memory ``(k N, S, C)`` (``k``: the hooks' batch multiplier), spatial_shapes ``(L, 2)`` long,
+            level_start_index ``(L,)`` long.
         """
         flat, flat_pos, shapes = [], [], []
         for lvl, (src, pos) in enumerate(zip(srcs, pos_embeds, strict=True)):
@@ -108,9 +122,11 @@ class MSDeformAttnEncoder(nn.Module):
         spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flatten.device)
         level_start_index = torch.cat((spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]))
         reference_points = encoder_reference_points(spatial_shapes, src_flatten.shape[0], len(srcs))
-        out = src_flatten
-        for layer in self.encoder.layers:
-            out = layer(out, pos_flatten, reference_points, spatial_shapes, level_start_index)
+        ctx = {"pos": pos_flatten, "reference_points": reference_points}
+        out, ctx = self.hooks.run(0, src_flatten, ctx)
+        for depth, layer in enumerate(self.encoder.layers, start=1):
+            out = layer(out, ctx["pos"], ctx["reference_points"], spatial_shapes, level_start_index)
+            out, ctx = self.hooks.run(depth, out, ctx)
         return out, spatial_shapes, level_start_index
 
 
@@ -124,6 +140,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         transformer_in_features: levels fed to the deformable encoder (res3, res4, res5).
         enc_layers, enc_heads, enc_dim_feedforward, enc_n_points, dropout: encoder (6, 8, 1024, 4, 0.0).
         common_stride: stride of ``mask_features`` (4).
+        encoder_hooks: optional ``{depth: module}`` run between encoder layers (MinVIS's BatchFormerV2).
     """
 
     def __init__(
@@ -139,6 +156,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         enc_n_points: int = 4,
         dropout: float = 0.0,
         common_stride: int = 4,
+        encoder_hooks: Mapping[int, nn.Module] | None = None,
     ):
         super().__init__()
         missing = set(transformer_in_features) - set(input_shapes)
@@ -172,6 +190,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             dropout,
             self.transformer_num_feature_levels,
             enc_n_points,
+            hooks=encoder_hooks,
         )
         self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
         self.mask_dim = mask_dim
@@ -212,9 +231,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
         Args:
             features: backbone maps ``{name: (N, C_name, H/s, W/s)}``.
         Returns:
-            mask_features ``(N, mask_dim, H/4, W/4)``,
-            the coarsest encoded map ``(N, conv_dim, H/32, W/32)``,
-            multi_scale_features: 3 maps ``(N, conv_dim, H/s, W/s)`` for s = 32, 16, 8.
+            mask_features ``(N', mask_dim, H/4, W/4)``,
+            the coarsest encoded map ``(N', conv_dim, H/32, W/32)``,
+            multi_scale_features: 3 maps ``(N', conv_dim, H/s, W/s)`` for s = 32, 16, 8;
+            ``N' = k N``, ``k`` the batch multiplier of the encoder hooks (1 without them, and at test).
         """
         pixel_features, coarsest, multi_scale_features = self.encode(features)
         return self.project_mask_features(pixel_features), coarsest, multi_scale_features
@@ -241,6 +261,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
             ]
             for idx, name in enumerate(self.in_features[: self.num_fpn_levels][::-1]):
                 lateral = self.lateral_convs[idx](features[name].float())
+                # the backbone map is the same for every stream of a batch-multiplying hook: convolve once
+                lateral = lateral.repeat(n // lateral.shape[0], 1, 1, 1)
                 # FPN step; bilinear (not nearest) upsampling as in the official decoder
                 y = lateral + F.interpolate(
                     out[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False

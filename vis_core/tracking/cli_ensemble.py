@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from vis_core.data.ytvis import VISFormatError
-from vis_core.tracking.ensemble import EnsembleConfig, ensemble_files
+from vis_core.tracking.ensemble import CALIBRATIONS, EnsembleConfig, ensemble_files
 from vis_core.tracking.sequence_nms import METHODS
 
 
@@ -26,8 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--any-per-model", action="store_true", help="let several entries of one model join a cluster"
     )
-    parser.add_argument("--vote-thr", type=float, default=d.vote_threshold, help="fraction of member weight")
+    parser.add_argument("--vote-thr", type=float, default=d.vote_threshold, help="fraction of the cluster's vote")
+    parser.add_argument("--vote-weighting", choices=("score", "model"), default=d.vote_weighting,
+                        help="a member's mask vote: model weight x calibrated score, or the model weight")
     parser.add_argument("--score-mode", choices=("members", "all_models"), default=d.score_mode)
+    parser.add_argument("--calibration", choices=CALIBRATIONS, default=d.calibration,
+                        help="per-model score calibration over its whole results file")
     parser.add_argument("--nms", choices=METHODS, default=d.nms_method, help="sequence NMS method")
     parser.add_argument("--nms-iou-thr", type=float, default=d.nms_iou_threshold)
     parser.add_argument("--nms-category-agnostic", action="store_true")
@@ -43,7 +47,9 @@ def main(args: argparse.Namespace) -> int:
             category_aware=not args.category_agnostic,
             one_per_model=not args.any_per_model,
             vote_threshold=args.vote_thr,
+            vote_weighting=args.vote_weighting,
             score_mode=args.score_mode,
+            calibration=args.calibration,
             nms_method=args.nms,
             nms_iou_threshold=args.nms_iou_thr,
             nms_category_aware=not args.nms_category_agnostic,

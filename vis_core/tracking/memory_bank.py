@@ -37,6 +37,7 @@ import torch
 
 from vis_core.data.ytvis import masks_to_rles
 from vis_core.tracking.nms import select_detections
+from vis_core.tracking.soft_masks import SoftMaskCodec
 from vis_core.tracking.track_state import TrackStore
 
 __all__ = ["IDOLTrackerConfig", "IDOLTracker", "bisoftmax_similarity", "greedy_assign", "build_idol_tracker"]
@@ -269,10 +270,22 @@ class IDOLTracker:
             # Only the tracked masks leave the device and get encoded.
             rles = masks_to_rles(keep_masks[tracked].cpu().numpy())
             track_ids = det_ids[tracked].tolist()
-            self.store.add(frame, track_ids, rles, class_probs[queries])
+            self.store.add(frame, track_ids, rles, class_probs[queries], self._margins(masks, queries))
             self._mark_fragile(track_ids)
         self._cleanup(frame)
         return out
+
+    def record_soft_masks(self, codec: SoftMaskCodec) -> None:
+        """Also keep each tracked mask's soft encoding (multi-scale test; before the first frame)."""
+        self.store.record_soft_masks(codec)
+
+    def _margins(self, masks: torch.Tensor, queries: torch.Tensor) -> torch.Tensor | None:
+        """(n, H, W) logits of the tracked masks relative to the binarisation, only when soft masks are kept."""
+        if self.store.soft_codec is None:
+            return None
+        if self.cfg.masks_are_logits:
+            return masks[queries]
+        return torch.logit(masks[queries].float(), eps=1e-6)  # probabilities binarised at 0.5
 
     def _mark_fragile(self, track_ids: Sequence[int]) -> None:
         for tid in track_ids:

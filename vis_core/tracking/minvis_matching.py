@@ -11,7 +11,8 @@ Re-implements NVlabs/MinVIS ``VideoMaskFormer_frame.match_from_embds`` / ``post_
 * masks: mask logit > 0 per frame, at whatever resolution the caller passes (resize before).
 
 Streaming keeps per slot a running logit sum and one RLE per frame (Q RLEs per frame, since the top-10 is
-only known at the end); no full-resolution mask outlives its frame.
+only known at the end); no full-resolution mask outlives its frame. For the multi-scale test
+(``record_soft_masks``) each slot also keeps its mask's soft encoding (:mod:`vis_core.tracking.soft_masks`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from vis_core.data.ytvis import masks_to_rles
+from vis_core.tracking.soft_masks import SoftMaskCodec
 from vis_core.tracking.track_state import TrackStore
 
 __all__ = ["match_from_embeds", "associate_sequence", "softmax_drop_no_object", "MinVISAssociator"]
@@ -104,8 +106,13 @@ class MinVISAssociator:
         frame = self.store.start_frame()
         # Encode in query order and permute the RLE list: no copy of the full-resolution masks.
         rles = masks_to_rles((mask_logits > self.mask_threshold).cpu().numpy())
-        self.store.add(frame, range(q), [rles[i] for i in perm.tolist()], logits[perm])
+        margins = None if self.store.soft_codec is None else mask_logits[perm] - self.mask_threshold
+        self.store.add(frame, range(q), [rles[i] for i in perm.tolist()], logits[perm], margins)
         return perm
+
+    def record_soft_masks(self, codec: SoftMaskCodec) -> None:
+        """Also keep each slot's soft mask encoding (multi-scale test; before the first frame)."""
+        self.store.record_soft_masks(codec)
 
     def finalize(self, video_id: int, category_ids: Sequence[int]) -> list[dict]:
         """Top-k (track, class) results entries, best first; each track has an RLE in every frame."""

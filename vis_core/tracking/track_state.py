@@ -8,6 +8,11 @@ it is assigned to a track, so memory grows only with the RLE output itself.
 ``TrackStore.finalize`` turns the states into results entries
 ``{"video_id", "category_id", "score", "segmentations"}``: either every (track, class) pair whose score is
 above a threshold (IDOL's multi-class output) or the top-k (track, class) pairs (MinVIS).
+
+Soft masks (multi-scale test): after ``record_soft_masks(codec)`` the store also keeps each mask's extra-level
+RLEs (:mod:`vis_core.tracking.soft_masks`), encoded at once from the margins the associator passes to ``add``,
+and its entries carry them as ``"soft_segmentations"`` (per frame a list of RLEs, or None), a field the
+YouTube-VIS results writer strips (:func:`vis_core.engine.infer.run_inference`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from vis_core.tracking.soft_masks import SOFT_FIELD, SoftMaskCodec
+
 __all__ = ["TrackState", "TrackStore", "build_results"]
 
 
@@ -24,16 +31,18 @@ class TrackState:
     """State of one track.
 
     ``segmentations`` starts at ``first_frame`` (earlier frames are implicitly ``None``) and is padded with
-    ``None`` lazily, so a frame where the track is absent costs nothing until the track reappears.
+    ``None`` lazily, so a frame where the track is absent costs nothing until the track reappears. ``soft``
+    (None unless soft masks are recorded) runs alongside it: per frame the extra-level RLEs or None.
     """
 
-    __slots__ = ("track_id", "first_frame", "last_frame", "segmentations", "score_sum", "num_scored")
+    __slots__ = ("track_id", "first_frame", "last_frame", "segmentations", "soft", "score_sum", "num_scored")
 
-    def __init__(self, track_id: int, first_frame: int, num_classes: int):
+    def __init__(self, track_id: int, first_frame: int, num_classes: int, soft: bool = False):
         self.track_id = track_id
         self.first_frame = first_frame
         self.last_frame = -1
         self.segmentations: list[dict | None] = []
+        self.soft: list[list[dict] | None] | None = [] if soft else None
         self.score_sum = np.zeros(num_classes, dtype=np.float64)
         self.num_scored = 0
 
@@ -42,8 +51,9 @@ class TrackState:
         """Number of frames in which the track has a mask (IDOL's ``valid`` counter)."""
         return self.num_scored
 
-    def add(self, frame_idx: int, rle: dict, class_scores: np.ndarray) -> None:
-        """Record the track's mask (RLE) and class scores (K,) for frame ``frame_idx``."""
+    def add(self, frame_idx: int, rle: dict, class_scores: np.ndarray, soft: list[dict] | None = None) -> None:
+        """Record the track's mask (RLE), class scores (K,) and, when recorded, the mask's extra-level RLEs
+        for frame ``frame_idx``."""
         if frame_idx <= self.last_frame:
             raise ValueError(
                 f"track {self.track_id}: frame {frame_idx} added after frame {self.last_frame}; "
@@ -52,6 +62,9 @@ class TrackState:
         offset = frame_idx - self.first_frame
         self.segmentations.extend([None] * (offset - len(self.segmentations)))
         self.segmentations.append(rle)
+        if self.soft is not None:
+            self.soft.extend([None] * (offset - len(self.soft)))
+            self.soft.append(soft)
         self.score_sum += class_scores
         self.num_scored += 1
         self.last_frame = frame_idx
@@ -62,8 +75,14 @@ class TrackState:
 
     def segmentation_list(self, num_frames: int) -> list[dict | None]:
         """Full per-frame list of length ``num_frames``: RLE where present, ``None`` elsewhere."""
-        tail = num_frames - self.first_frame - len(self.segmentations)
-        return [None] * self.first_frame + self.segmentations + [None] * tail
+        return self._full(self.segmentations, num_frames)
+
+    def soft_list(self, num_frames: int) -> list[list[dict] | None] | None:
+        """Per-frame extra-level RLEs (None where absent), or None when soft masks are not recorded."""
+        return None if self.soft is None else self._full(self.soft, num_frames)
+
+    def _full(self, frames: list, num_frames: int) -> list:
+        return [None] * self.first_frame + frames + [None] * (num_frames - self.first_frame - len(frames))
 
 
 class TrackStore:
@@ -76,6 +95,13 @@ class TrackStore:
         self.num_classes = num_classes
         self.num_frames = 0
         self.tracks: dict[int, TrackState] = {}
+        self.soft_codec: SoftMaskCodec | None = None
+
+    def record_soft_masks(self, codec: SoftMaskCodec) -> None:
+        """Also keep every mask's extra-level RLEs (``add`` then needs the margins). Before the first frame."""
+        if self.num_frames:
+            raise RuntimeError("record_soft_masks must be called before the first frame")
+        self.soft_codec = codec
 
     def __len__(self) -> int:
         return len(self.tracks)
@@ -97,6 +123,7 @@ class TrackStore:
         track_ids: Sequence[int],
         rles: Sequence[dict],
         class_scores: torch.Tensor | np.ndarray,
+        margins: torch.Tensor | None = None,
     ) -> None:
         """Add one frame's masks for several tracks.
 
@@ -105,6 +132,8 @@ class TrackStore:
             track_ids: n track ids; an unknown id starts a new track at this frame.
             rles: n RLE dicts ``{"size": [H, W], "counts": str}``.
             class_scores: (n, K) per-class scores of those tracks in this frame.
+            margins: (n, H, W) the masks' logits relative to their binarisation (``rles`` encode
+                ``margins > 0``); needed (and only read) when soft masks are recorded.
         """
         if frame_idx != self.num_frames - 1:
             raise ValueError(f"add() for frame {frame_idx} but the current frame is {self.num_frames - 1}")
@@ -123,12 +152,22 @@ class TrackStore:
             raise ValueError(
                 f"add(): class_scores has {class_scores.shape[1]} classes, expected {self.num_classes}"
             )
-        for tid, rle, cs in zip(track_ids, rles, class_scores, strict=True):
+        soft = self._soft_rles(margins, n)
+        for tid, rle, cs, sm in zip(track_ids, rles, class_scores, soft, strict=True):
             tid = int(tid)
             state = self.tracks.get(tid)
             if state is None:
-                state = self.tracks[tid] = TrackState(tid, frame_idx, self.num_classes)
-            state.add(frame_idx, rle, cs)
+                state = self.tracks[tid] = TrackState(tid, frame_idx, self.num_classes, self.soft_codec is not None)
+            state.add(frame_idx, rle, cs, sm)
+
+    def _soft_rles(self, margins: torch.Tensor | None, n: int) -> list[list[dict] | None]:
+        """The n masks' extra-level RLEs (None each when soft masks are not recorded)."""
+        if self.soft_codec is None:
+            return [None] * n
+        if margins is None or margins.shape[0] != n:
+            raise ValueError(f"add(): this store records soft masks and needs the margins of the {n} masks, got "
+                             f"{None if margins is None else tuple(margins.shape)}")
+        return self.soft_codec.encode(margins)
 
     def remove(self, track_id: int) -> None:
         """Drop a track's output (IDOL's early clean-up of short noisy tracks)."""
@@ -154,10 +193,11 @@ class TrackStore:
         means = np.stack([s.mean_scores() for s in states]) if states else np.zeros((0, k_in))
         scores = transform(means) if transform is not None else means
         segs = [s.segmentation_list(self.num_frames) for s in states]
+        soft = [s.soft_list(self.num_frames) for s in states] if self.soft_codec is not None else None
         track_ids = [s.track_id for s in states]
         return build_results(
             video_id, category_ids, scores, segs,
-            score_threshold=score_threshold, topk=topk, track_ids=track_ids,
+            score_threshold=score_threshold, topk=topk, track_ids=track_ids, soft_segmentations=soft,
         )
 
 
@@ -170,6 +210,7 @@ def build_results(
     score_threshold: float | None = None,
     topk: int | None = None,
     track_ids: Sequence[int] | None = None,
+    soft_segmentations: Sequence[list | None] | None = None,
 ) -> list[dict]:
     """Select (track, class) pairs and build results entries.
 
@@ -183,6 +224,8 @@ def build_results(
         topk: emit the k highest-scoring pairs over the flattened (T x K) scores, best first (MinVIS).
             Exactly one of ``score_threshold`` / ``topk`` must be given.
         track_ids: ids used in error messages (defaults to row indices).
+        soft_segmentations: T per-frame lists of extra-level RLEs (soft masks); given, every entry carries
+            its track's as ``"soft_segmentations"``.
     """
     if (score_threshold is None) == (topk is None):
         raise ValueError("build_results: give exactly one of score_threshold or topk")
@@ -216,7 +259,7 @@ def build_results(
         rows, cols = np.nonzero(track_scores > score_threshold)
         pairs = list(zip(rows.tolist(), cols.tolist(), strict=True))
 
-    return [
+    entries = [
         {
             "video_id": video_id,
             "category_id": int(category_ids[label]),
@@ -225,3 +268,7 @@ def build_results(
         }
         for t, label in pairs
     ]
+    if soft_segmentations is not None:
+        for entry, (t, _) in zip(entries, pairs, strict=True):
+            entry[SOFT_FIELD] = list(soft_segmentations[t])
+    return entries

@@ -1,7 +1,9 @@
 """Boundary branch of the YouTube-VIS 2022 long-video 1st place (report 000, Sec. 2.2, eq. 1-2) and the
 OVIS 2022 2nd place (report 001, Sec. 2.1.4).
 
-* Ground truth: the instance mask filtered by a 3x3 Laplacian, absolute value, binarised at ``T_b``.
+* Ground truth: the instance mask filtered by a 3x3 Laplacian, negative responses clamped to 0, binarised at
+  ``T_b``: the inner edge of the mask (the standard boundary target of BMask R-CNN / STDC; the reports do not
+  give the filter's details).
 * Head: built like the mask head on the instance embeddings. Two kinds, both "kernel MLP + features":
 
   - ``"dot"`` (Mask2Former / MinVIS): an MLP maps each query embedding to a kernel of ``feat_dim``
@@ -57,12 +59,13 @@ class BoundaryConfig:
 
 
 def boundary_targets(masks: Tensor, threshold: float = DEFAULT_BOUNDARY_THRESHOLD) -> Tensor:
-    """Boundary maps of instance masks: ``|Laplacian(mask)| > threshold``.
+    """Boundary maps of instance masks: ``Laplacian(mask).clamp(min=0) > threshold``.
 
-    The 3x3 kernel is ``[[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]]`` with zero padding, so the boundary is
-    about two pixels thick (the last pixels inside and the first outside the object) and object pixels on
-    the image border count as boundary. Compute targets at the resolution the loss is taken at (resize the
-    masks first, then take the boundary) so the band keeps its width.
+    The 3x3 kernel is ``[[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]]`` with zero padding. Its response is positive
+    only on object pixels with a background neighbour, so the band is the one-pixel inner edge of the mask
+    (the absolute value would add the first pixels outside, a band about 2.7x as thick); object pixels on the
+    image border count as boundary. Compute targets at the resolution the loss is taken at (resize the masks
+    first, then take the boundary) so the band keeps its width.
 
     Args:
         masks: ``(N, H, W)`` bool or float masks (``(H, W)`` is accepted and treated as ``N = 1``).
@@ -77,7 +80,7 @@ def boundary_targets(masks: Tensor, threshold: float = DEFAULT_BOUNDARY_THRESHOL
     x = x.float() if not x.is_floating_point() else x
     kernel = torch.full((1, 1, 3, 3), -1.0, dtype=x.dtype, device=x.device)
     kernel[0, 0, 1, 1] = 8.0
-    lap = F.conv2d(x, kernel, padding=1).abs()
+    lap = F.conv2d(x, kernel, padding=1).clamp(min=0)
     out = (lap > threshold).to(x.dtype)[:, 0]
     return out[0] if squeeze else out
 
