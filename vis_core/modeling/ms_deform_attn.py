@@ -87,18 +87,21 @@ class MSDeformAttn(nn.Module):
 
     Args:
         d_model: channels C. n_levels: feature levels L. n_heads: heads M. n_points: sampling points P per
-        head and level.
+        head and level. ratio: values live in ``int(C * ratio)`` channels (ViT-Adapter's extractor: 0.5).
     """
 
-    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
+    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4,
+                 ratio: float = 1.0):
         super().__init__()
-        if d_model % n_heads != 0:
-            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.value_dim = int(d_model * ratio)
+        if d_model % n_heads != 0 or self.value_dim % n_heads != 0:
+            raise ValueError(f"d_model ({d_model}) and d_model * ratio ({self.value_dim}) must be divisible by "
+                             f"n_heads ({n_heads})")
         self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
-        self.value_proj = nn.Linear(d_model, d_model)
-        self.output_proj = nn.Linear(d_model, d_model)
+        self.value_proj = nn.Linear(d_model, self.value_dim)
+        self.output_proj = nn.Linear(self.value_dim, d_model)
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -148,7 +151,7 @@ class MSDeformAttn(nn.Module):
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
             value = value.masked_fill(input_padding_mask[..., None], 0.0)
-        value = value.view(n, s, self.n_heads, self.d_model // self.n_heads)
+        value = value.view(n, s, self.n_heads, self.value_dim // self.n_heads)
         offsets = self.sampling_offsets(query).view(n, lq, self.n_heads, self.n_levels, self.n_points, 2)
         weights = self.attention_weights(query).view(n, lq, self.n_heads, self.n_levels * self.n_points)
         weights = weights.softmax(-1).view(n, lq, self.n_heads, self.n_levels, self.n_points)

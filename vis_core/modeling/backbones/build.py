@@ -33,6 +33,7 @@ from torch import nn
 from vis_core.io.weights import load_detectron2_pickle, load_torch_file
 from vis_core.modeling.backbones.resnet import RESNET_SPECS, build_resnet
 from vis_core.modeling.backbones.swin import SWIN_SPECS, build_swin
+from vis_core.modeling.backbones.vit_adapter import VIT_ADAPTER_SPECS, vit_adapter_factory
 
 try:  # optional: pretrained Swin / ViT models on machines where timm imports (never required)
     import timm
@@ -133,6 +134,8 @@ for _name in RESNET_SPECS:
     register_backbone(_name)(_resnet_factory(_name))
 for _name in SWIN_SPECS:
     register_backbone(_name)(_swin_factory(_name))
+for _name in VIT_ADAPTER_SPECS:  # vit_adapter_large (DVIS DINOv2 ViT-L), vit_adapter_tiny (smoke)
+    register_backbone(_name)(vit_adapter_factory(_name))
 
 
 class TimmBackbone(nn.Module):
