@@ -46,14 +46,13 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from vis_core.data.ytvis import masks_to_rles
 from vis_core.io.config import from_dict as dataclass_from_dict
 from vis_core.methods.frame_segmenter import FrameMask2FormerConfig, Mask2FormerFrame, clip_batch_to_frames
 from vis_core.methods.minvis import upsample_mask_logits
 from vis_core.methods.registry import register_method
 from vis_core.modeling.dvis_tracker import ReferringTracker, TrackerState
 from vis_core.modeling.matcher import HungarianMatcher
-from vis_core.tracking.minvis_matching import softmax_drop_no_object
+from vis_core.tracking.minvis_matching import softmax_drop_no_object, write_slot_frame
 from vis_core.tracking.noiser import NoiseConfig, Noiser
 from vis_core.tracking.track_state import TrackStore
 
@@ -286,10 +285,7 @@ class DVISAssociator:
         outputs, indices, self.state = self.tracker.frame_forward(frame_out["pred_embds"][None], self.state)
         logits, masks = self.tracker.predict(outputs[-1], frame_out["mask_features"][None])
         masks = upsample_mask_logits(masks[0], frame_out["image_size"].tolist(), self.output_size, self.stride)
-        frame = self.store.start_frame()
-        rles = masks_to_rles((masks > self.mask_threshold).cpu().numpy())
-        margins = None if self.store.soft_codec is None else masks - self.mask_threshold
-        self.store.add(frame, range(masks.shape[0]), rles, logits[0], margins)
+        write_slot_frame(self.store, masks, logits[0], self.mask_threshold)
         return indices[0]
 
     def record_soft_masks(self, codec) -> None:

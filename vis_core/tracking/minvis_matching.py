@@ -27,7 +27,7 @@ from vis_core.data.ytvis import masks_to_rles
 from vis_core.tracking.soft_masks import SoftMaskCodec
 from vis_core.tracking.track_state import TrackStore
 
-__all__ = ["match_from_embeds", "associate_sequence", "softmax_drop_no_object", "MinVISAssociator"]
+__all__ = ["match_from_embeds", "associate_sequence", "softmax_drop_no_object", "write_slot_frame", "MinVISAssociator"]
 
 
 def match_from_embeds(prev_embeds: torch.Tensor, cur_embeds: torch.Tensor) -> torch.Tensor:
@@ -62,6 +62,24 @@ def softmax_drop_no_object(mean_logits: np.ndarray) -> np.ndarray:
     p = np.exp(z)
     p /= p.sum(axis=1, keepdims=True)
     return p[:, :-1]
+
+
+def write_slot_frame(store: TrackStore, mask_logits: torch.Tensor, logits: torch.Tensor, mask_threshold: float,
+                     perm: torch.Tensor | None = None) -> None:
+    """One frame of slot tracks (every query slot is a track: MinVIS, DVIS) into ``store``, as RLE at once.
+
+    Args:
+        mask_logits: ``(Q, H, W)`` at the output resolution, in query order. logits: ``(Q, K+1)``.
+        mask_threshold: masks are ``logit > mask_threshold``.
+        perm: ``(Q,)`` query of each slot (default: slot ``j`` = query ``j``).
+    """
+    frame = store.start_frame()
+    q = mask_logits.shape[0]
+    order = torch.arange(q, device=mask_logits.device) if perm is None else perm
+    # Encode in query order and permute the RLE list: no copy of the full-resolution masks.
+    rles = masks_to_rles((mask_logits > mask_threshold).cpu().numpy())
+    margins = None if store.soft_codec is None else mask_logits[order] - mask_threshold
+    store.add(frame, range(q), [rles[i] for i in order.tolist()], logits[order], margins)
 
 
 class MinVISAssociator:
@@ -103,11 +121,7 @@ class MinVISAssociator:
         else:
             perm = match_from_embeds(self._prev_embeds, embeds)
         self._prev_embeds = embeds[perm]
-        frame = self.store.start_frame()
-        # Encode in query order and permute the RLE list: no copy of the full-resolution masks.
-        rles = masks_to_rles((mask_logits > self.mask_threshold).cpu().numpy())
-        margins = None if self.store.soft_codec is None else mask_logits[perm] - self.mask_threshold
-        self.store.add(frame, range(q), [rles[i] for i in perm.tolist()], logits[perm], margins)
+        write_slot_frame(self.store, mask_logits, logits, self.mask_threshold, perm)
         return perm
 
     def record_soft_masks(self, codec: SoftMaskCodec) -> None:
